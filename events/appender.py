@@ -1,0 +1,131 @@
+"""Group commit: many concurrent appends share one transaction and one fsync.
+
+Callers await ``Appender.append``; a single background task drains everything that queued up
+while the previous transaction was committing, appends it as one batch, and answers every caller
+only after COMMIT returned. Under load batches grow by themselves; when idle a lone event is
+committed at once, with no timer to wait for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import asyncpg
+import structlog
+
+from events.errors import AppendFailed, StorageUnavailable
+from events.models import AppendResult, NewEvent
+from events.store import append_batch
+
+log = structlog.get_logger("jobtrail.appender")
+
+# Errors after which nothing is known to be stored and a later retry may succeed.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+
+BatchHook = Callable[[Sequence[NewEvent]], Awaitable[None]]
+_Request = tuple[Sequence[NewEvent], "asyncio.Future[list[AppendResult]]"]
+
+
+class Appender:
+    """The one writer of this process. Start ``run()`` as a task; stop by cancelling it.
+
+    ``before_commit`` is awaited inside the transaction, after the insert and before COMMIT,
+    with the append lock held. It is how tests hold a transaction open.
+    ``on_batch`` is called after each commit with the batch size and duration (metrics).
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        *,
+        max_batch: int = 2000,
+        before_commit: BatchHook | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._max_batch = max_batch
+        self._before_commit = before_commit
+        self._on_batch = on_batch
+        self._pending: list[_Request] = []
+        self._wakeup = asyncio.Event()
+
+    async def append(self, events: Sequence[NewEvent]) -> list[AppendResult]:
+        """Durably append ``events`` (in order, in one transaction) and return where they are.
+
+        Raises ``StorageUnavailable`` when the database cannot be reached (nothing was
+        acknowledged; the same events may be retried) and ``AppendFailed`` when it refused them.
+        """
+        future: asyncio.Future[list[AppendResult]] = asyncio.get_running_loop().create_future()
+        self._pending.append((events, future))
+        self._wakeup.set()
+        # A caller that goes away cancels only its wait: its events are committed all the same
+        # (a retry then finds them by idempotency key).
+        return await future
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                while self._pending:
+                    await self._commit(self._take_batch())
+        finally:
+            # Shutting down: whoever still waits gets a clear "try again", not a hang.
+            pending, self._pending = self._pending, []
+            self._fail(pending, StorageUnavailable("appender stopped"))
+
+    def _take_batch(self) -> list[_Request]:
+        taken, size = 0, 0
+        for events, _ in self._pending:
+            if taken and size + len(events) > self._max_batch:
+                break
+            taken += 1
+            size += len(events)
+        requests, self._pending = self._pending[:taken], self._pending[taken:]
+        return requests
+
+    async def _commit(self, requests: list[_Request]) -> None:
+        events = [event for batch, _ in requests for event in batch]
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                results = await append_batch(conn, events)
+                if self._before_commit is not None:
+                    await self._before_commit(events)
+        except UNAVAILABLE_ERRORS as error:
+            log.warning("append.unavailable", error=type(error).__name__, events=len(events))
+            self._fail(requests, StorageUnavailable(type(error).__name__))
+            return
+        except Exception as error:
+            if len(requests) > 1:
+                # One request's events sank the batch: give each request its own transaction
+                # so that only the bad one fails.
+                for request in requests:
+                    await self._commit([request])
+                return
+            log.error("append.failed", error=type(error).__name__, detail=str(error))
+            self._fail(requests, AppendFailed(type(error).__name__))
+            return
+        if self._on_batch is not None:
+            self._on_batch(len(events), loop.time() - started)
+        offset = 0
+        for batch, future in requests:
+            if not future.done():
+                future.set_result(results[offset : offset + len(batch)])
+            offset += len(batch)
+
+    @staticmethod
+    def _fail(requests: list[_Request], error: Exception) -> None:
+        for _, future in requests:
+            if not future.done():
+                future.set_exception(error)

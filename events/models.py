@@ -1,0 +1,60 @@
+"""The records of the event log: what a writer hands in and what a reader gets back.
+
+Events are immutable facts. ``NewEvent`` is built by the caller (the server clock's
+``received_at`` included); the log assigns the global position, the stream position and the hash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NewType
+from uuid import UUID, uuid4
+
+StreamId = NewType("StreamId", str)
+JsonObject = Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event not yet in the log.
+
+    ``idempotency_key``: when set, a second event with the same key is not stored; the append
+    answers with the first event's id and position instead.
+    """
+
+    stream_id: StreamId
+    type: str
+    data: JsonObject
+    metadata: JsonObject
+    received_at: datetime
+    version: int = 1
+    idempotency_key: str | None = None
+    event_id: UUID = field(default_factory=uuid4)
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """Where an appended event landed; for a duplicate, where the first one landed."""
+
+    event_id: UUID
+    position: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event as stored, with its place in the global order and in its stream."""
+
+    position: int
+    event_id: UUID
+    stream_id: StreamId
+    stream_position: int
+    type: str
+    version: int
+    data: dict[str, Any]
+    metadata: dict[str, Any]
+    received_at: datetime
+    prev_hash: bytes
+    hash: bytes

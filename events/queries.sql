@@ -1,0 +1,70 @@
+-- name: lock_appends --
+-- Transaction-scoped: released by COMMIT or ROLLBACK, after the transaction became visible.
+-- The NOTIFY is only a wake-up hint for projectors; it is delivered at commit, and not at all
+-- on rollback.
+SELECT pg_advisory_xact_lock(7413690201), pg_notify('jobtrail_events', '')
+
+-- name: read_heads_and_keys --
+SELECT stream_id, version, last_hash, NULL::text AS key, NULL::uuid AS event_id,
+       NULL::bigint AS position
+  FROM streams
+ WHERE stream_id = any($1::text[])
+UNION ALL
+SELECT NULL, NULL, NULL, key, event_id, position
+  FROM idempotency_keys
+ WHERE key = any($2::text[])
+
+-- name: insert_events --
+-- One statement for the whole batch: the events, their streams' new heads, their keys.
+WITH batch AS (
+    SELECT *
+      FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::int[], $6::jsonb[],
+                  $7::jsonb[], $8::timestamptz[], $9::bytea[], $10::bytea[], $11::text[])
+           WITH ORDINALITY
+           AS b(event_id, stream_id, stream_position, type, version, data, metadata,
+                received_at, prev_hash, hash, idempotency_key, ord)
+),
+inserted AS (
+    INSERT INTO events (event_id, stream_id, stream_position, type, version, data, metadata,
+                        received_at, prev_hash, hash)
+    SELECT event_id, stream_id, stream_position, type, version, data, metadata,
+           received_at, prev_hash, hash
+      FROM batch
+     ORDER BY ord
+    RETURNING position, event_id, stream_id, stream_position, hash
+),
+heads AS (
+    INSERT INTO streams (stream_id, version, last_hash, last_position)
+    SELECT DISTINCT ON (stream_id) stream_id, stream_position, hash, position
+      FROM inserted
+     ORDER BY stream_id, stream_position DESC
+    ON CONFLICT (stream_id) DO UPDATE
+       SET version = excluded.version,
+           last_hash = excluded.last_hash,
+           last_position = excluded.last_position
+),
+keys AS (
+    INSERT INTO idempotency_keys (key, event_id, position)
+    SELECT b.idempotency_key, i.event_id, i.position
+      FROM batch b JOIN inserted i USING (event_id)
+     WHERE b.idempotency_key IS NOT NULL
+)
+SELECT event_id, position FROM inserted
+
+-- name: read_all --
+SELECT position, event_id, stream_id, stream_position, type, version, data, metadata,
+       received_at, prev_hash, hash
+  FROM events
+ WHERE position > $1
+ ORDER BY position
+ LIMIT $2
+
+-- name: read_stream --
+SELECT position, event_id, stream_id, stream_position, type, version, data, metadata,
+       received_at, prev_hash, hash
+  FROM events
+ WHERE stream_id = $1
+ ORDER BY stream_position
+
+-- name: head_position --
+SELECT coalesce(max(position), 0) FROM events

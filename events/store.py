@@ -1,0 +1,163 @@
+"""Appending to and reading from the event log. Functions take a connection; callers own the
+transaction.
+
+Why appends are serialised
+--------------------------
+A sequence hands out positions when a row is inserted, but transactions commit in their own
+order. A reader that remembers "the last position I saw" would silently skip an event whose
+transaction drew a lower position and committed later (the bug Marten, Emmett, Eventuous and
+others shipped). We take the cure that keeps readers trivially correct: every append
+transaction first takes one transaction-scoped advisory lock, and only then draws positions.
+PostgreSQL makes a transaction visible before it releases its locks, so the next appender draws
+its positions only after every lower position is visible: commit order is position order, for
+any number of processes and hosts, and ``position > checkpoint`` is a complete reader.
+
+The cost is one writer at a time, which group commit (``events.appender``) pays back by putting
+many callbacks in each transaction. The transaction-id horizon was the alternative; it lets a
+long-running transaction anywhere in the cluster stall every reader, and a dump/restore resets
+it. Gap detection with timeouts cannot tell a slow transaction from a rolled-back one.
+
+Under the same lock, stream positions are the stream head plus one (gap-free per stream), and an
+idempotency key seen before answers with the first event instead of a new one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, TypeAlias
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from events.hashing import GENESIS_HASH, body_digest, chain_hash
+from events.models import AppendResult, NewEvent, RecordedEvent, StreamId
+from events.sql import load_queries
+
+Q = load_queries("events")
+
+# What a function that "takes a connection" accepts: a plain one or one borrowed from a pool.
+Connection: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
+
+
+async def register_codecs(conn: asyncpg.Connection[Any]) -> None:
+    """Map ``jsonb`` to Python values; pass as the pool's ``init``."""
+    await conn.set_type_codec(
+        "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog", format="text"
+    )
+
+
+async def append_batch(
+    conn: Connection, batch: Sequence[NewEvent]
+) -> list[AppendResult]:
+    """Append ``batch`` in order inside the caller's transaction; one result per event.
+
+    Must run inside a transaction: the append lock is held until it ends. An event whose
+    idempotency key was stored before, or appears earlier in the same batch, is not stored; its
+    result repeats the first event's id and position with ``duplicate=True``.
+    """
+    if not conn.is_in_transaction():
+        raise RuntimeError("append_batch needs a transaction")
+    digests = [
+        body_digest(
+            event_id=e.event_id,
+            stream_id=e.stream_id,
+            type=e.type,
+            version=e.version,
+            data=e.data,
+            metadata=e.metadata,
+            received_at=e.received_at,
+        )
+        for e in batch
+    ]
+    await conn.execute(Q["lock_appends"])
+
+    stream_ids = list({e.stream_id for e in batch})
+    keys = list({e.idempotency_key for e in batch if e.idempotency_key is not None})
+    heads: dict[str, tuple[int, bytes]] = {}
+    stored: dict[str, AppendResult] = {}
+    for row in await conn.fetch(Q["read_heads_and_keys"], stream_ids, keys):
+        if row["key"] is None:
+            heads[row["stream_id"]] = (row["version"], bytes(row["last_hash"]))
+        else:
+            stored[row["key"]] = AppendResult(row["event_id"], row["position"], True)
+
+    fresh: list[tuple[NewEvent, int, bytes, bytes]] = []  # event, stream position, prev, hash
+    first_in_batch: dict[str, NewEvent] = {}
+    for event, digest in zip(batch, digests, strict=True):
+        key = event.idempotency_key
+        if key is not None and (key in stored or key in first_in_batch):
+            continue
+        if key is not None:
+            first_in_batch[key] = event
+        version, prev_hash = heads.get(event.stream_id, (0, GENESIS_HASH))
+        link = chain_hash(prev_hash, version + 1, digest)
+        heads[event.stream_id] = (version + 1, link)
+        fresh.append((event, version + 1, prev_hash, link))
+
+    positions: dict[Any, int] = {}
+    if fresh:
+        rows = await conn.fetch(
+            Q["insert_events"],
+            [e.event_id for e, *_ in fresh],
+            [e.stream_id for e, *_ in fresh],
+            [sp for _, sp, _, _ in fresh],
+            [e.type for e, *_ in fresh],
+            [e.version for e, *_ in fresh],
+            [e.data for e, *_ in fresh],
+            [e.metadata for e, *_ in fresh],
+            [e.received_at for e, *_ in fresh],
+            [prev for _, _, prev, _ in fresh],
+            [link for *_, link in fresh],
+            [e.idempotency_key for e, *_ in fresh],
+        )
+        positions = {row["event_id"]: row["position"] for row in rows}
+
+    results: list[AppendResult] = []
+    for event in batch:
+        key = event.idempotency_key
+        if key is not None and key in stored:
+            results.append(stored[key])
+        elif key is not None and first_in_batch[key] is not event:
+            first = first_in_batch[key]
+            results.append(AppendResult(first.event_id, positions[first.event_id], True))
+        else:
+            results.append(AppendResult(event.event_id, positions[event.event_id], False))
+    return results
+
+
+def _recorded(row: asyncpg.Record) -> RecordedEvent:
+    return RecordedEvent(
+        position=row["position"],
+        event_id=row["event_id"],
+        stream_id=StreamId(row["stream_id"]),
+        stream_position=row["stream_position"],
+        type=row["type"],
+        version=row["version"],
+        data=row["data"],
+        metadata=row["metadata"],
+        received_at=row["received_at"],
+        prev_hash=bytes(row["prev_hash"]),
+        hash=bytes(row["hash"]),
+    )
+
+
+async def read_all(
+    conn: Connection, after_position: int, limit: int
+) -> list[RecordedEvent]:
+    """Up to ``limit`` events with position > ``after_position``, in position order.
+
+    Complete: no event with a lower position can become visible later (see module docstring).
+    """
+    return [_recorded(r) for r in await conn.fetch(Q["read_all"], after_position, limit)]
+
+
+async def read_stream(conn: Connection, stream_id: str) -> list[RecordedEvent]:
+    """Every event of one stream, in stream order."""
+    return [_recorded(r) for r in await conn.fetch(Q["read_stream"], stream_id)]
+
+
+async def head_position(conn: Connection) -> int:
+    """The highest position committed so far (0 for an empty log)."""
+    value = await conn.fetchval(Q["head_position"])
+    return int(value)

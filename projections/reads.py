@@ -1,0 +1,49 @@
+"""Queries over the read models, shared by the HTTP API and the CLI.
+
+A job, as both show it, is its ``job_status`` row plus ``last_heartbeat_at``,
+``heartbeat_count`` and ``stale``: a live job whose last heartbeat (or, without one, last event)
+is older than the stale threshold.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from events.catalog import TERMINAL
+from events.store import Connection
+from projections.sql import Q
+
+Job = dict[str, Any]
+_TERMINAL = sorted(TERMINAL)
+
+
+async def list_jobs(
+    conn: Connection,
+    *,
+    now: datetime,
+    stale_after_s: float,
+    status: str | None = None,
+    stale: bool | None = None,
+    before_position: int | None = None,
+    limit: int = 50,
+) -> list[Job]:
+    """Jobs, most recently changed first; page with ``before_position`` (a keyset cursor)."""
+    threshold = now - timedelta(seconds=stale_after_s)
+    rows = await conn.fetch(
+        Q["list_jobs"], _TERMINAL, threshold, status, stale, before_position, limit
+    )
+    return [dict(r) for r in rows]
+
+
+async def get_job(
+    conn: Connection, job_id: str, *, now: datetime, stale_after_s: float
+) -> Job | None:
+    threshold = now - timedelta(seconds=stale_after_s)
+    row = await conn.fetchrow(Q["get_job"], _TERMINAL, threshold, job_id)
+    return dict(row) if row is not None else None
+
+
+async def checkpoints(conn: Connection) -> dict[str, int]:
+    """Each projection's checkpoint: the position of the last event it has applied."""
+    return {r["name"]: r["position"] for r in await conn.fetch(Q["read_checkpoints"])}

@@ -1,0 +1,135 @@
+"""The projector: applies new events to the read models, exactly once.
+
+Each batch is one transaction that locks the checkpoint rows, reads the events after the lowest
+checkpoint in position order, folds them into the affected rows, writes those rows and moves the
+checkpoints — so a crash anywhere leaves either all of a batch applied or none of it. Reading
+"position > checkpoint" is complete because appends are serialised (see ``events.store``).
+
+The runner LISTENs for the appenders' NOTIFY only as a wake-up hint and always re-reads from the
+checkpoint; it also polls, so a lost notification or a lost listening connection costs at most
+one poll interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import asyncpg
+import structlog
+
+from events.appender import UNAVAILABLE_ERRORS
+from events.models import RecordedEvent
+from events.store import Connection, read_all
+from projections.base import AnyProjection
+from projections.registry import PROJECTIONS
+from projections.sql import Q
+
+log = structlog.get_logger("jobtrail.projector")
+
+NOTIFY_CHANNEL = "jobtrail_events"
+
+# Awaited inside the batch transaction after the rows are written and before the checkpoint
+# moves: tests use it to kill the projector at the worst moment.
+BeforeCheckpoint = Callable[[Sequence[RecordedEvent]], Awaitable[None]]
+
+
+async def apply_batch(
+    conn: Connection,
+    projections: Sequence[AnyProjection],
+    *,
+    batch_size: int = 1000,
+    before_checkpoint: BeforeCheckpoint | None = None,
+) -> tuple[int, dict[str, set[str]]]:
+    """Apply the next batch inside the caller's transaction.
+
+    Returns the number of events read and, per projection, the keys whose rows changed.
+    """
+    names = [p.name for p in projections]
+    checkpoints = {r["name"]: r["position"] for r in await conn.fetch(Q["lock_checkpoints"], names)}
+    events = await read_all(conn, min(checkpoints.values()), batch_size)
+    if not events:
+        return 0, {}
+    changed: dict[str, set[str]] = {}
+    for projection in projections:
+        mine = [e for e in events if e.position > checkpoints[projection.name]]
+        keys = {k for e in mine if (k := projection.key_of(e)) is not None}
+        if keys:
+            rows = await conn.fetch(projection.load_sql, list(keys))
+            states = {r["job_id"]: projection.from_row(r) for r in rows}
+            for event in mine:
+                projection.fold(states, event)
+            columns = zip(*(projection.to_row(states[k]) for k in keys), strict=True)
+            await conn.execute(projection.upsert_sql, *map(list, columns))
+            changed[projection.name] = keys
+    if before_checkpoint is not None:
+        await before_checkpoint(events)
+    for name in names:
+        await conn.execute(Q["save_checkpoint"], name, events[-1].position)
+    return len(events), changed
+
+
+class Projector:
+    """Runs ``apply_batch`` whenever new events may exist. Start ``run()`` as a task."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool[Any],
+        projections: Sequence[AnyProjection] = PROJECTIONS,
+        *,
+        batch_size: int = 1000,
+        poll_interval: float = 1.0,
+        before_checkpoint: BeforeCheckpoint | None = None,
+        on_commit: Callable[[int, dict[str, set[str]]], None] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._projections = tuple(projections)
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._before_checkpoint = before_checkpoint
+        self._on_commit = on_commit
+        self._wakeup = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def catch_up(self) -> int:
+        """Apply batches until no new events are left; return how many events were read."""
+        total = 0
+        while True:
+            async with self._pool.acquire() as conn, conn.transaction():
+                count, changed = await apply_batch(
+                    conn,
+                    self._projections,
+                    batch_size=self._batch_size,
+                    before_checkpoint=self._before_checkpoint,
+                )
+            if count == 0:
+                return total
+            total += count
+            if self._on_commit is not None:
+                self._on_commit(count, changed)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                async with self._pool.acquire() as listener:
+                    lost = asyncio.Event()
+                    await listener.add_listener(NOTIFY_CHANNEL, self._notified)
+                    listener.add_termination_listener(lambda _conn, lost=lost: lost.set())
+                    while not lost.is_set():
+                        await self.catch_up()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._wakeup.wait(), self._poll_interval)
+                        self._wakeup.clear()
+            except UNAVAILABLE_ERRORS as error:
+                log.warning("projector.storage_unavailable", error=type(error).__name__)
+            except Exception:
+                # A failed batch rolled back whole; the next attempt starts from the checkpoint.
+                log.exception("projector.batch_failed")
+            await asyncio.sleep(self._poll_interval)
+
+    def _notified(self, *_args: object) -> None:
+        self._wakeup.set()

@@ -1,0 +1,98 @@
+"""The application factory: routes, middlewares, and the resources each app owns.
+
+The pool, the group-commit appender and the projector are opened by ``cleanup_ctx`` and closed
+in reverse order, so background tasks stop before the pool they use is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+from aiohttp import web
+
+from events.appender import Appender
+from events.store import register_codecs
+from projections.runner import Projector
+from service import ingest, read_api
+from service.keys import (
+    appender_key,
+    keyring_key,
+    pool_key,
+    projector_key,
+    read_tokens_key,
+    settings_key,
+    tasks_key,
+)
+from service.middlewares import bearer_auth, json_errors, request_context
+from service.settings import Settings
+from service.signatures import Keyring
+
+POOL_SIZE = 10
+COMMAND_TIMEOUT_S = 30.0
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[settings_key]
+    assert settings.database_url is not None
+    async with asyncpg.create_pool(
+        settings.database_url.get_secret_value(),
+        init=register_codecs,
+        min_size=2,
+        max_size=POOL_SIZE,
+        command_timeout=COMMAND_TIMEOUT_S,
+        # Server-side settings for every connection: an abandoned transaction must not hold the
+        # append lock or the checkpoint rows for long.
+        server_settings={"idle_in_transaction_session_timeout": "60000"},
+    ) as pool:
+        app[pool_key] = pool
+        yield
+
+
+async def _background(app: web.Application) -> AsyncIterator[None]:
+    pool = app[pool_key]
+    app[appender_key] = Appender(pool)
+    app[projector_key] = Projector(pool)
+    app[tasks_key] = [
+        asyncio.create_task(app[appender_key].run(), name="appender"),
+        asyncio.create_task(app[projector_key].run(), name="projector"),
+    ]
+    yield
+    for task in app[tasks_key]:
+        task.cancel()
+    for task in app[tasks_key]:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def create_app(settings: Settings) -> web.Application:
+    """Build the application. ``settings`` must carry the database URL, a callback secret and
+    read tokens (the CLI fills in generated ones)."""
+    if settings.database_url is None or settings.callback_secret is None:
+        raise ValueError("create_app needs database_url and callback_secret")
+    if not settings.read_tokens:
+        raise ValueError("create_app needs at least one read token")
+    app = web.Application(
+        middlewares=[request_context, json_errors, bearer_auth],
+        client_max_size=settings.max_body_bytes,
+    )
+    app[settings_key] = settings
+    callback_secrets = [settings.callback_secret, *settings.callback_secrets]
+    app[keyring_key] = Keyring.from_secrets(
+        [s.get_secret_value() for s in callback_secrets],
+        settings.webhook_secret.get_secret_value() if settings.webhook_secret else None,
+        tolerance_s=settings.signature_tolerance_s,
+        accept_legacy=settings.accept_legacy_signatures,
+    )
+    app[read_tokens_key] = tuple(t.get_secret_value().encode() for t in settings.read_tokens)
+    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_background)
+    app.router.add_post("/api/webhooks/github", ingest.receive_webhook)
+    app.router.add_get("/api/jobs", read_api.list_jobs)
+    app.router.add_get("/api/jobs/{job_id}", read_api.get_job)
+    app.router.add_get("/api/jobs/{job_id}/events", read_api.job_events)
+    app.router.add_get("/healthz", read_api.healthz)
+    app.router.add_get("/readyz", read_api.readyz)
+    return app

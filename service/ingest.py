@@ -1,0 +1,154 @@
+"""``POST /api/webhooks/github``: verify, validate, append, answer (SPEC section 3).
+
+Order of work: size limit, signature on the raw body, content type, parse and validate, durable
+append, response. A request that fails any step before the append leaves nothing behind, and
+the 200 is sent only after the event's transaction committed.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs
+
+import structlog
+from aiohttp import web
+
+from events.catalog import (
+    GITHUB_OTHER,
+    GITHUB_PING,
+    GITHUB_WORKFLOW_JOB,
+    GITHUB_WORKFLOW_RUN,
+    HEARTBEAT_RECORDED,
+    STATUS_REPORTED,
+    github_stream,
+    job_stream,
+)
+from events.errors import StorageUnavailable
+from events.hashing import format_timestamp
+from events.models import NewEvent
+from service.errors import ApiError, json_response
+from service.keys import appender_key, keyring_key, settings_key
+from service.payloads import PayloadError, parse_callback, parse_json
+from service.signatures import SignatureError, Verified, verify_request
+
+log = structlog.get_logger("jobtrail.ingest")
+
+RETRY_AFTER_S = "5"
+_GITHUB_TYPES = {
+    "workflow_run": GITHUB_WORKFLOW_RUN,
+    "workflow_job": GITHUB_WORKFLOW_JOB,
+    "ping": GITHUB_PING,
+}
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or (
+        content_type.startswith("application/") and content_type.endswith("+json")
+    )
+
+
+def _metadata(request: web.Request, verified: Verified, received_at: datetime) -> dict[str, Any]:
+    return {
+        "scheme": verified.scheme,
+        "idempotency_key": verified.idempotency_key,
+        "request_id": structlog.contextvars.get_contextvars().get("request_id"),
+        "remote_addr": request.remote,
+        "received_at": format_timestamp(received_at),
+    }
+
+
+def _callback_event(
+    request: web.Request, verified: Verified, body: bytes, received_at: datetime
+) -> NewEvent:
+    document, callback = parse_callback(body)
+    structlog.contextvars.bind_contextvars(job_id=callback.job_id)
+    if verified.scheme == "legacy":
+        verified = Verified("legacy", callback.delivery_id)
+    heartbeat = callback.canonical_status == "heartbeat"
+    return NewEvent(
+        stream_id=job_stream(callback.job_id),
+        type=HEARTBEAT_RECORDED if heartbeat else STATUS_REPORTED,
+        data=document,
+        metadata=_metadata(request, verified, received_at),
+        received_at=received_at,
+        idempotency_key=verified.idempotency_key,
+    )
+
+
+def _github_event(
+    request: web.Request, verified: Verified, body: bytes, received_at: datetime
+) -> NewEvent:
+    event_name = verified.github_event or ""
+    if request.content_type == "application/x-www-form-urlencoded":
+        form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=16)
+        body = form.get("payload", [""])[0].encode("utf-8")
+    document = parse_json(body)
+    if not isinstance(document, dict):
+        raise PayloadError(
+            [{"loc": [], "msg": "payload must be a JSON object", "type": "object_type"}]
+        )
+    run = document.get(event_name) if event_name in ("workflow_run", "workflow_job") else None
+    run_id = None
+    if isinstance(run, dict):
+        candidate = run.get("run_id", run.get("id"))
+        run_id = candidate if isinstance(candidate, int) else None
+    return NewEvent(
+        stream_id=github_stream(event_name, run_id),
+        type=_GITHUB_TYPES.get(event_name, GITHUB_OTHER),
+        data=document,
+        metadata={**_metadata(request, verified, received_at), "github_event": event_name},
+        received_at=received_at,
+        idempotency_key=verified.idempotency_key,
+    )
+
+
+async def receive_webhook(request: web.Request) -> web.Response:
+    settings = request.app[settings_key]
+    if request.content_length is not None and request.content_length > settings.max_body_bytes:
+        raise ApiError(413, "Payload too large")
+    body = await request.read()  # the app's client_max_size refuses longer chunked bodies
+
+    try:
+        verified = verify_request(request.headers, body, request.app[keyring_key], time.time())
+    except SignatureError as error:
+        log.info("ingest.refused", reason=error.reason)
+        raise ApiError(401, "Invalid signature") from None
+
+    allowed_form = verified.scheme == "github"
+    if "Content-Type" not in request.headers or not (
+        _is_json(request.content_type)
+        or (allowed_form and request.content_type == "application/x-www-form-urlencoded")
+    ):
+        raise ApiError(415, "Unsupported Media Type: send application/json")
+
+    received_at = datetime.now(UTC)
+    try:
+        if verified.scheme == "github":
+            event = _github_event(request, verified, body, received_at)
+        else:
+            event = _callback_event(request, verified, body, received_at)
+    except PayloadError as error:
+        log.info("ingest.invalid_payload", details=error.details)
+        raise ApiError(400, "Invalid payload", details=error.details) from None
+
+    try:
+        [result] = await request.app[appender_key].append([event])
+    except StorageUnavailable:
+        raise ApiError(503, "Storage unavailable", headers={"Retry-After": RETRY_AFTER_S}) from None
+    log.info(
+        "ingest.accepted",
+        scheme=verified.scheme,
+        event_type=event.type,
+        position=result.position,
+        duplicate=result.duplicate,
+    )
+    return json_response(
+        {
+            "status": "accepted",
+            "event_id": str(result.event_id),
+            "position": result.position,
+            "duplicate": result.duplicate,
+        }
+    )

@@ -1,0 +1,78 @@
+"""Request context, JSON errors and bearer-token auth, outermost first."""
+
+from __future__ import annotations
+
+import hmac
+import re
+import time
+import uuid
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from service.errors import ApiError, json_response
+from service.keys import read_tokens_key
+
+log = structlog.get_logger("jobtrail.http")
+
+# Routes that answer without a token: ops endpoints, the API description, and the webhook
+# receiver (which checks signatures instead).
+PUBLIC_PATHS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/api/openapi.json", "/api/webhooks/github"}
+)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bind a request id to every log line of the request; log the request once at the end."""
+    offered = request.headers.get("X-Request-ID", "")
+    request_id = offered if _REQUEST_ID.match(offered) else uuid.uuid4().hex
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    response = await handler(request)
+    response.headers["X-Request-ID"] = request_id
+    log.info(
+        "request",
+        method=request.method,
+        path=request.path,
+        status=response.status,
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        remote=request.remote,
+    )
+    return response
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error is JSON; an unexpected one is a 500 with the request id and no trace."""
+    try:
+        return await handler(request)
+    except ApiError as error:
+        return error.response()
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        headers = {k: v for k, v in error.headers.items() if k in ("Allow", "Retry-After")}
+        message = "Payload too large" if error.status == 413 else error.reason
+        return json_response({"error": message}, status=error.status, headers=headers)
+    except Exception:
+        log.exception("request.failed")
+        request_id = structlog.contextvars.get_contextvars().get("request_id")
+        return json_response(
+            {"error": "Internal server error", "request_id": request_id}, status=500
+        )
+
+
+@web.middleware
+async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Everything but ``PUBLIC_PATHS`` needs ``Authorization: Bearer <read token>``."""
+    if request.path not in PUBLIC_PATHS:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        offered = token.strip().encode("utf-8", "surrogateescape")
+        valid = [hmac.compare_digest(offered, t) for t in request.app[read_tokens_key]]
+        if scheme.lower() != "bearer" or not offered or not any(valid):
+            raise ApiError(401, "Unauthorized", headers={"WWW-Authenticate": "Bearer"})
+    return await handler(request)

@@ -1,0 +1,178 @@
+"""Turning a verified request body into a validated callback (SPEC section 3, payload table).
+
+Stricter than ``json.loads``: the body must be UTF-8; duplicate keys, NaN/Infinity, NUL
+characters, lone surrogates, integers outside 0..2^53-1 and nesting deeper than 32 levels are
+refused. Each refusal is a ``PayloadError`` with details a client can act on.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
+
+from events.catalog import STATUS_ALIASES, STATUSES, normalise_status
+
+MAX_DEPTH = 32
+MAX_SAFE_INTEGER = 2**53 - 1
+
+Detail = dict[str, Any]
+
+
+class PayloadError(Exception):
+    """The body is not an acceptable callback. ``details`` is shown to the client."""
+
+    def __init__(self, details: list[Detail]) -> None:
+        super().__init__("invalid payload")
+        self.details = details
+
+
+def _detail(msg: str, loc: tuple[str | int, ...] = (), type_: str = "value_error") -> Detail:
+    return {"loc": list(loc), "msg": msg, "type": type_}
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise PayloadError([_detail(f"duplicate key {key!r}", type_="json_invalid")])
+            seen.add(key)
+    return result
+
+
+def _refuse_constant(name: str) -> Any:
+    raise PayloadError([_detail(f"{name} is not valid JSON", type_="json_invalid")])
+
+
+def _check_values(value: Any) -> None:
+    """Depth, strings and integers of a parsed document, without recursion."""
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    while stack:
+        item, loc = stack.pop()
+        if len(loc) >= MAX_DEPTH and isinstance(item, dict | list):
+            raise PayloadError([_detail(f"nested deeper than {MAX_DEPTH} levels", loc)])
+        if isinstance(item, dict):
+            for key, child in item.items():
+                _check_string(key, (*loc, key))
+                stack.append((child, (*loc, key)))
+        elif isinstance(item, list):
+            stack.extend((child, (*loc, i)) for i, child in enumerate(item))
+        elif isinstance(item, str):
+            _check_string(item, loc)
+        elif (
+            isinstance(item, int)
+            and not isinstance(item, bool)
+            and not 0 <= item <= MAX_SAFE_INTEGER
+        ):
+            raise PayloadError([_detail("integer outside 0..2^53-1", loc)])
+
+
+def _check_integer(number: int, loc: tuple[str | int, ...]) -> None:
+    if not 0 <= number <= MAX_SAFE_INTEGER:
+        raise PayloadError([_detail("integer outside 0..2^53-1", loc)])
+
+
+def _check_string(text: str, loc: tuple[str | int, ...]) -> None:
+    if "\x00" in text:
+        raise PayloadError([_detail("NUL character in string", loc)])
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PayloadError([_detail("lone surrogate in string", loc)]) from None
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a body under the rules of the module docstring."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PayloadError([_detail("body is not UTF-8", type_="json_invalid")]) from None
+    try:
+        value = json.loads(
+            text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant
+        )
+    except RecursionError:
+        raise PayloadError([_detail(f"nested deeper than {MAX_DEPTH} levels")]) from None
+    except ValueError as error:  # JSONDecodeError, and integers too long to convert
+        raise PayloadError([_detail(str(error), type_="json_invalid")]) from None
+    _check_values(value)
+    return value
+
+
+_RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
+
+JobId = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
+ShortText = Annotated[StrictStr, Field(max_length=128)]
+LongText = Annotated[StrictStr, Field(max_length=4096)]
+SafeInt = Annotated[StrictInt, Field(ge=0, le=MAX_SAFE_INTEGER)]
+
+
+class Callback(BaseModel):
+    """A workflow callback. Unknown fields are allowed (and kept in the stored event)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    job_id: JobId
+    status: StrictStr
+    timestamp: StrictStr | None = None
+    run_id: SafeInt | None = None
+    run_attempt: SafeInt | None = None
+    agent_id: ShortText | None = None
+    region: ShortText | None = None
+    delivery_id: ShortText | None = None
+    message: LongText | None = None
+    error: LongText | None = None
+    details: dict[str, Any] | None = None
+
+    @field_validator("status")
+    @classmethod
+    def _known_status(cls, value: str) -> str:
+        if value not in STATUSES and value not in STATUS_ALIASES:
+            allowed = ", ".join(sorted(STATUSES | STATUS_ALIASES.keys()))
+            raise ValueError(f"must be one of {allowed}")
+        return value
+
+    @field_validator("timestamp")
+    @classmethod
+    def _rfc3339(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                if not _RFC3339.match(value):
+                    raise ValueError
+                datetime.fromisoformat(value.replace("z", "Z").replace("t", "T"))
+            except ValueError:
+                raise ValueError("must be an RFC 3339 date-time") from None
+        return value
+
+    @property
+    def canonical_status(self) -> str:
+        return normalise_status(self.status)
+
+
+def parse_callback(body: bytes) -> tuple[dict[str, Any], Callback]:
+    """The payload as received (to be stored whole) and its validated view."""
+    document = parse_json(body)
+    if not isinstance(document, dict):
+        raise PayloadError([_detail("payload must be a JSON object", type_="object_type")])
+    try:
+        return document, Callback.model_validate(document)
+    except ValidationError as error:
+        raise PayloadError(
+            [
+                _detail(e["msg"], tuple(e["loc"]), e["type"])
+                for e in error.errors(include_url=False, include_input=False)
+            ]
+        ) from None

@@ -1,0 +1,151 @@
+"""The read API over the projections and the log (SPEC section 6), plus the ops endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from events.appender import UNAVAILABLE_ERRORS
+from events.catalog import JOB_STATUSES, job_stream
+from events.store import read_stream
+from projections import reads
+from service.errors import ApiError, json_response
+from service.keys import pool_key, settings_key
+from service.migrate import pending_migrations
+
+MAX_LIMIT = 500
+READ_YOUR_WRITES_WAIT_S = 5.0
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise ApiError(400, f"{name} must be between {low} and {high}")
+    return value
+
+
+def _bool_param(request: web.Request, name: str) -> bool | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw.lower() in ("true", "1", "yes"):
+        return True
+    if raw.lower() in ("false", "0", "no"):
+        return False
+    raise ApiError(400, f"{name} must be true or false")
+
+
+def _encode_cursor(position: int) -> str:
+    return base64.urlsafe_b64encode(f"p:{position}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str | None) -> int | None:
+    if not cursor:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if text.startswith("p:"):
+            return int(text[2:])
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise ApiError(400, "invalid cursor")
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    settings = request.app[settings_key]
+    status = request.query.get("status") or None
+    if status is not None and status not in JOB_STATUSES:
+        raise ApiError(400, f"status must be one of {', '.join(sorted(JOB_STATUSES))}")
+    limit = _int_param(request, "limit", 50, 1, MAX_LIMIT)
+    async with request.app[pool_key].acquire() as conn:
+        jobs = await reads.list_jobs(
+            conn,
+            now=datetime.now(UTC),
+            stale_after_s=settings.stale_after_s,
+            status=status,
+            stale=_bool_param(request, "stale"),
+            before_position=_decode_cursor(request.query.get("cursor")),
+            limit=limit + 1,
+        )
+    next_cursor = _encode_cursor(jobs[limit - 1]["last_position"]) if len(jobs) > limit else None
+    return json_response({"jobs": jobs[:limit], "next_cursor": next_cursor})
+
+
+async def _wait_for_position(request: web.Request, position: int) -> None:
+    """Read-your-writes: wait until every projection has applied ``position``."""
+    deadline = time.monotonic() + READ_YOUR_WRITES_WAIT_S
+    async with request.app[pool_key].acquire() as conn:
+        while True:
+            if min((await reads.checkpoints(conn)).values()) >= position:
+                return
+            if time.monotonic() >= deadline:
+                raise ApiError(504, "Projection did not reach the position in time")
+            await asyncio.sleep(0.02)
+
+
+async def get_job(request: web.Request) -> web.Response:
+    settings = request.app[settings_key]
+    job_id = request.match_info["job_id"]
+    if "after_position" in request.query:
+        after = _int_param(request, "after_position", 0, 0, 2**63 - 1)
+        await _wait_for_position(request, after)
+    async with request.app[pool_key].acquire() as conn:
+        job = await reads.get_job(
+            conn, job_id, now=datetime.now(UTC), stale_after_s=settings.stale_after_s
+        )
+    if job is None:
+        raise ApiError(404, "Job not found")
+    return json_response(job)
+
+
+def event_json(event: Any) -> dict[str, Any]:
+    return {
+        "position": event.position,
+        "stream_position": event.stream_position,
+        "event_id": event.event_id,
+        "type": event.type,
+        "version": event.version,
+        "received_at": event.received_at,
+        "data": event.data,
+        "metadata": event.metadata,
+    }
+
+
+async def job_events(request: web.Request) -> web.Response:
+    job_id = request.match_info["job_id"]
+    async with request.app[pool_key].acquire() as conn:
+        events = await read_stream(conn, job_stream(job_id))
+    if not events:
+        raise ApiError(404, "Job not found")
+    return json_response({"events": [event_json(e) for e in events]})
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        async with request.app[pool_key].acquire(timeout=2) as conn:
+            pending = await pending_migrations(conn)
+    except UNAVAILABLE_ERRORS:
+        return json_response(
+            {"status": "unavailable", "reason": "database unreachable"}, status=503
+        )
+    if pending:
+        return json_response(
+            {"status": "unavailable", "reason": f"{len(pending)} migrations pending"}, status=503
+        )
+    return json_response({"status": "ready"})

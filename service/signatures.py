@@ -1,0 +1,185 @@
+"""Authenticating webhook requests by their HMAC signatures (SPEC section 3).
+
+Three schemes, tried in this order on the raw body; the first that verifies wins:
+
+1. Standard Webhooks: ``webhook-id``, ``webhook-timestamp``, ``webhook-signature`` (a
+   space-separated list of ``v1,<base64>``) over ``"{id}.{timestamp}.{body}"``. ``whsec_`` secrets
+   are base64-decoded after the prefix. The timestamp must be within the tolerance.
+2. GitHub: ``X-Hub-Signature-256: sha256=<hex>`` over the body, with the webhook secret only.
+3. Legacy: ``X-Signature: <hex>`` or ``sha256=<hex>`` over the body, keyed with the secret's
+   literal bytes (what ``openssl dgst -sha256 -hmac "$secret"`` does).
+
+Every comparison is constant-time, and no error message carries a secret or a signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+Scheme = Literal["standard", "github", "legacy"]
+
+# The idempotency key is stored and shown back; keep it bounded.
+MAX_ID_LENGTH = 256
+
+
+class SignatureError(Exception):
+    """The request is not authenticated. ``reason`` is safe to log and show."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Keyring:
+    """The keys each scheme accepts, derived once from the configured secrets."""
+
+    standard: tuple[bytes, ...]
+    legacy: tuple[bytes, ...]
+    github: bytes | None
+    tolerance_s: int
+    accept_legacy: bool
+
+    @classmethod
+    def from_secrets(
+        cls,
+        callback_secrets: Sequence[str],
+        github_secret: str | None,
+        *,
+        tolerance_s: int = 300,
+        accept_legacy: bool = True,
+    ) -> Keyring:
+        return cls(
+            standard=tuple(standard_key(s) for s in callback_secrets),
+            legacy=tuple(s.encode("utf-8") for s in callback_secrets),
+            github=github_secret.encode("utf-8") if github_secret is not None else None,
+            tolerance_s=tolerance_s,
+            accept_legacy=accept_legacy,
+        )
+
+
+@dataclass(frozen=True)
+class Verified:
+    scheme: Scheme
+    idempotency_key: str | None
+    github_event: str | None = None
+
+
+def standard_key(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret: ``whsec_<base64>`` decoded, else its bytes."""
+    if secret.startswith("whsec_"):
+        try:
+            return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        except binascii.Error:
+            pass  # not base64 after all: fall back to the literal secret
+    return secret.encode("utf-8")
+
+
+def _mac(key: bytes, message: bytes) -> bytes:
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def sign_standard(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The ``webhook-signature`` header value for one key."""
+    mac = _mac(key, f"{msg_id}.{timestamp}.".encode() + body)
+    return "v1," + base64.b64encode(mac).decode("ascii")
+
+
+def _verify_standard(
+    headers: Mapping[str, str], body: bytes, keyring: Keyring, now: float
+) -> Verified:
+    msg_id = headers.get("webhook-id", "")
+    raw_timestamp = headers.get("webhook-timestamp", "")
+    if not msg_id or len(msg_id) > MAX_ID_LENGTH:
+        raise SignatureError("missing or invalid webhook-id")
+    if not raw_timestamp.isascii() or not raw_timestamp.isdigit():
+        raise SignatureError("missing or invalid webhook-timestamp")
+    timestamp = int(raw_timestamp)
+    if abs(now - timestamp) > keyring.tolerance_s:
+        raise SignatureError("webhook-timestamp outside tolerance")
+    offered: list[bytes] = []
+    for entry in headers.get("webhook-signature", "").split():
+        version, _, value = entry.partition(",")
+        if version != "v1" or not value:
+            continue
+        try:
+            offered.append(base64.b64decode(value, validate=True))
+        except binascii.Error:
+            continue
+    if not offered:
+        raise SignatureError("malformed webhook-signature")
+    message = f"{msg_id}.{timestamp}.".encode() + body
+    for key in keyring.standard:
+        expected = _mac(key, message)
+        # Check every offered signature: which one matched must not show in the timing.
+        if any([hmac.compare_digest(expected, sig) for sig in offered]):
+            return Verified("standard", msg_id)
+    raise SignatureError("signature mismatch")
+
+
+def _hex_signature(value: str) -> bytes:
+    value = value.strip()
+    if value[:7].lower() == "sha256=":
+        value = value[7:]
+    if len(value) != 64:
+        raise SignatureError("malformed signature")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise SignatureError("malformed signature") from None
+
+
+def _verify_github(headers: Mapping[str, str], body: bytes, keyring: Keyring) -> Verified:
+    if keyring.github is None:
+        raise SignatureError("GitHub webhooks are not configured (GITHUB_WEBHOOK_SECRET)")
+    offered = _hex_signature(headers["x-hub-signature-256"])
+    if not hmac.compare_digest(_mac(keyring.github, body), offered):
+        raise SignatureError("signature mismatch")
+    event = headers.get("x-github-event", "")
+    delivery = headers.get("x-github-delivery", "")
+    if not event or not delivery or len(delivery) > MAX_ID_LENGTH or len(event) > 64:
+        raise SignatureError("missing X-GitHub-Event or X-GitHub-Delivery")
+    return Verified("github", delivery, github_event=event)
+
+
+def _verify_legacy(headers: Mapping[str, str], body: bytes, keyring: Keyring) -> Verified:
+    if not keyring.accept_legacy:
+        raise SignatureError("legacy X-Signature is disabled")
+    offered = _hex_signature(headers["x-signature"])
+    matched = [hmac.compare_digest(_mac(key, body), offered) for key in keyring.legacy]
+    if not any(matched):
+        raise SignatureError("signature mismatch")
+    return Verified("legacy", None)
+
+
+def verify_request(
+    headers: Mapping[str, str], body: bytes, keyring: Keyring, now: float
+) -> Verified:
+    """Authenticate a request by whichever scheme its headers carry.
+
+    ``headers`` must look names up case-insensitively (aiohttp's ``CIMultiDictProxy`` does).
+    Raises ``SignatureError`` with the reason of the last scheme tried.
+    """
+    error = SignatureError("no signature header")
+    if "webhook-signature" in headers:
+        try:
+            return _verify_standard(headers, body, keyring, now)
+        except SignatureError as e:
+            error = e
+    if "x-hub-signature-256" in headers:
+        try:
+            return _verify_github(headers, body, keyring)
+        except SignatureError as e:
+            error = e
+    if "x-signature" in headers:
+        try:
+            return _verify_legacy(headers, body, keyring)
+        except SignatureError as e:
+            error = e
+    raise error

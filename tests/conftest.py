@@ -1,0 +1,111 @@
+"""Test fixtures: one real PostgreSQL server per session, a fresh database per test.
+
+``TEST_DATABASE_URL`` names a server to use; without it a throw-away embedded server is started
+for the session. The schema is migrated once into a template database, and every test gets its
+own copy (``CREATE DATABASE ... TEMPLATE``), so tests never see each other's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from events.store import register_codecs
+from service.app import create_app
+from service.embedded_pg import EmbeddedPostgres
+from service.migrate import migrate
+from service.settings import Settings
+from tests.helpers import CALLBACK_SECRET, READ_TOKEN, ROTATED_SECRET
+
+AiohttpClient = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
+
+
+def with_database(dsn: str, name: str) -> str:
+    """The same server, another database."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    configured = os.environ.get("TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("embedded-pg"), throwaway=True)
+    dsn = server.start()
+    try:
+        yield dsn
+    finally:
+        server.destroy()
+
+
+async def _admin(dsn: str, *statements: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def template_name(server_dsn: str) -> Iterator[str]:
+    name = f"jobtrail_template_{uuid.uuid4().hex[:12]}"
+
+    async def create() -> None:
+        await _admin(server_dsn, f'CREATE DATABASE "{name}"')
+        conn = await asyncpg.connect(with_database(server_dsn, name))
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    yield name
+    asyncio.run(_admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def database_url(server_dsn: str, template_name: str) -> AsyncIterator[str]:
+    name = f"jobtrail_test_{uuid.uuid4().hex[:12]}"
+    await _admin(server_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template_name}"')
+    yield with_database(server_dsn, name)
+    await _admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool[Any]]:
+    async with asyncpg.create_pool(
+        database_url, init=register_codecs, min_size=1, max_size=20
+    ) as pool:
+        yield pool
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=database_url,
+        data_dir=tmp_path / "data",
+        callback_secret=CALLBACK_SECRET,
+        callback_secrets=ROTATED_SECRET,
+        read_tokens=READ_TOKEN,
+        stale_after_s=180,
+    )
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: AiohttpClient, settings: Settings
+) -> TestClient[web.Request, web.Application]:
+    return await aiohttp_client(create_app(settings))

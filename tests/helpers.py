@@ -1,0 +1,66 @@
+"""Signing and waiting helpers shared by the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+
+from service.signatures import sign_standard, standard_key
+
+CALLBACK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+ROTATED_SECRET = "an-older-plain-secret"
+READ_TOKEN = "test-read-token"
+AUTH = {"Authorization": f"Bearer {READ_TOKEN}"}
+
+
+def body_of(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload).encode()
+
+
+def standard_headers(
+    body: bytes,
+    *,
+    secret: str = CALLBACK_SECRET,
+    msg_id: str | None = None,
+    timestamp: int | None = None,
+) -> dict[str, str]:
+    msg_id = msg_id or f"msg_{uuid.uuid4().hex}"
+    timestamp = int(time.time()) if timestamp is None else timestamp
+    return {
+        "Content-Type": "application/json",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign_standard(standard_key(secret), msg_id, timestamp, body),
+    }
+
+
+def openssl_hmac_hex(body: bytes, secret: str) -> str:
+    """The legacy signature exactly as the original workflow made it, with real openssl."""
+    result = subprocess.run(
+        ["bash", "-c", 'printf "%s" "$BODY" | openssl dgst -sha256 -hmac "$SECRET"'],
+        env={"BODY": body.decode(), "SECRET": secret, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.strip().split()[-1]
+
+
+async def wait_for_projection(pool: asyncpg.Pool[Any], within_s: float = 10.0) -> None:
+    """Wait until every projection checkpoint has reached the head of the log."""
+    deadline = time.monotonic() + within_s
+    while True:
+        async with pool.acquire() as conn:
+            head = await conn.fetchval("SELECT coalesce(max(position), 0) FROM events")
+            low = await conn.fetchval("SELECT min(position) FROM projection_checkpoints")
+        if low >= head:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"projection stuck at {low}, head {head}")
+        await asyncio.sleep(0.02)
