@@ -1,8 +1,8 @@
 """Errors of the event log.
 
-    EventStoreError
-    ├── StorageUnavailable   the database cannot be reached; safe to retry later
-    └── AppendFailed         the database refused the batch; retrying will not help
+EventStoreError
+├── StorageUnavailable   the database cannot be reached; safe to retry later
+└── AppendFailed         the database refused the batch; retrying will not help
 """
 
 

@@ -47,9 +47,7 @@ async def register_codecs(conn: asyncpg.Connection[Any]) -> None:
     )
 
 
-async def append_batch(
-    conn: Connection, batch: Sequence[NewEvent]
-) -> list[AppendResult]:
+async def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[AppendResult]:
     """Append ``batch`` in order inside the caller's transaction; one result per event.
 
     Must run inside a transaction: the append lock is held until it ends. An event whose
@@ -142,9 +140,7 @@ def _recorded(row: asyncpg.Record) -> RecordedEvent:
     )
 
 
-async def read_all(
-    conn: Connection, after_position: int, limit: int
-) -> list[RecordedEvent]:
+async def read_all(conn: Connection, after_position: int, limit: int) -> list[RecordedEvent]:
     """Up to ``limit`` events with position > ``after_position``, in position order.
 
     Complete: no event with a lower position can become visible later (see module docstring).

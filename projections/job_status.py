@@ -105,9 +105,7 @@ def apply(job: JobStatus | None, event: RecordedEvent) -> JobStatus:
 
     if job is None:
         job = _new(event, status)
-    job = replace(
-        job, event_count=job.event_count + 1, last_position=event.position, updated_at=at
-    )
+    job = replace(job, event_count=job.event_count + 1, last_position=event.position, updated_at=at)
 
     if job.status in TERMINAL:
         if job.status == "timed_out" and status in REPORTED_TERMINAL:

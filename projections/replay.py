@@ -71,9 +71,7 @@ async def rebuild(
         for projection in projections:
             table, aside = projection.name, f"{projection.name}_rebuild"
             await conn.execute(f"DROP TABLE IF EXISTS {_ident(aside)}")
-            await conn.execute(
-                f"CREATE TABLE {_ident(aside)} (LIKE {_ident(table)} INCLUDING ALL)"
-            )
+            await conn.execute(f"CREATE TABLE {_ident(aside)} (LIKE {_ident(table)} INCLUDING ALL)")
             await conn.copy_records_to_table(
                 aside,
                 records=[projection.to_row(s) for s in states[projection.name].values()],

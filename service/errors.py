@@ -6,15 +6,12 @@ ApiError(status, message, **extra)   raised by handlers, rendered by the error m
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
-from uuid import UUID
 
 from aiohttp import web
 
-from events.hashing import format_timestamp
+from service.jsonio import dumps
 
 
 class ApiError(Exception):
@@ -36,20 +33,6 @@ class ApiError(Exception):
         return json_response(
             {"error": self.message, **self.extra}, status=self.status, headers=self.headers
         )
-
-
-def _default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return format_timestamp(value)
-    if isinstance(value, UUID):
-        return str(value)
-    if isinstance(value, bytes):
-        return value.hex()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, default=_default, ensure_ascii=False, separators=(",", ":"))
 
 
 def json_response(

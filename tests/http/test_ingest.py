@@ -42,6 +42,7 @@ async def test_standard_webhook_is_stored_and_acknowledged(
     assert answer["status"] == "accepted" and answer["duplicate"] is False
     async with pool.acquire() as conn:
         row = await conn.fetchrow("SELECT * FROM events WHERE position = $1", answer["position"])
+    assert row is not None
     assert str(row["event_id"]) == answer["event_id"]
     assert row["stream_id"] == "job-vm-1" and row["stream_position"] == 1
     assert row["type"] == "job.status_reported"
