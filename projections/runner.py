@@ -117,13 +117,22 @@ class Projector:
             try:
                 async with self._pool.acquire() as listener:
                     lost = asyncio.Event()
+
+                    def on_termination(_conn: object, lost: asyncio.Event = lost) -> None:
+                        lost.set()
+
                     await listener.add_listener(NOTIFY_CHANNEL, self._notified)
-                    listener.add_termination_listener(lambda _conn, lost=lost: lost.set())
-                    while not lost.is_set():
-                        await self.catch_up()
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._wakeup.wait(), self._poll_interval)
-                        self._wakeup.clear()
+                    listener.add_termination_listener(on_termination)
+                    try:
+                        while not lost.is_set():
+                            await self.catch_up()
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(self._wakeup.wait(), self._poll_interval)
+                            self._wakeup.clear()
+                    finally:
+                        listener.remove_termination_listener(on_termination)
+                        if not listener.is_closed():
+                            await listener.remove_listener(NOTIFY_CHANNEL, self._notified)
             except UNAVAILABLE_ERRORS as error:
                 log.warning("projector.storage_unavailable", error=type(error).__name__)
             except Exception:
