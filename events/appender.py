@@ -19,7 +19,7 @@ from events.errors import AppendFailed, StorageUnavailable
 from events.models import AppendResult, NewEvent
 from events.store import append_batch
 
-log = structlog.get_logger("jobtrail.appender")
+log = structlog.get_logger(component="appender")
 
 # Errors after which nothing is known to be stored and a later retry may succeed.
 UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
+from operator import attrgetter
 
 import asyncpg
 
@@ -49,7 +50,7 @@ PROJECTION: Projection[JobHeartbeat] = Projection(
     columns=COLUMNS,
     key_of=heartbeat_key,
     apply=apply,
-    to_row=astuple,
+    to_row=attrgetter(*COLUMNS),
     from_row=_from_row,
     load_sql=Q["load_job_heartbeat"],
     upsert_sql=Q["upsert_job_heartbeat"],

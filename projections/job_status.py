@@ -13,8 +13,9 @@ Rules, in the order they are checked for each event of a job's stream:
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
 import asyncpg
@@ -137,7 +138,7 @@ PROJECTION: Projection[JobStatus] = Projection(
     columns=COLUMNS,
     key_of=job_key,
     apply=apply,
-    to_row=astuple,
+    to_row=attrgetter(*COLUMNS),
     from_row=_from_row,
     load_sql=Q["load_job_status"],
     upsert_sql=Q["upsert_job_status"],

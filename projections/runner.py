@@ -27,7 +27,7 @@ from projections.base import AnyProjection
 from projections.registry import PROJECTIONS
 from projections.sql import Q
 
-log = structlog.get_logger("jobtrail.projector")
+log = structlog.get_logger(component="projector")
 
 NOTIFY_CHANNEL = "jobtrail_events"
 

@@ -33,7 +33,7 @@ from service.keys import appender_key, keyring_key, settings_key
 from service.payloads import PayloadError, parse_callback, parse_json
 from service.signatures import SignatureError, Verified, verify_request
 
-log = structlog.get_logger("jobtrail.ingest")
+log = structlog.get_logger(component="ingest")
 
 RETRY_AFTER_S = "5"
 _GITHUB_TYPES = {
@@ -137,7 +137,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
         [result] = await request.app[appender_key].append([event])
     except StorageUnavailable:
         raise ApiError(503, "Storage unavailable", headers={"Retry-After": RETRY_AFTER_S}) from None
-    log.info(
+    log.debug(
         "ingest.accepted",
         scheme=verified.scheme,
         event_type=event.type,

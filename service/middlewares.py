@@ -14,7 +14,7 @@ from aiohttp.typedefs import Handler
 from service.errors import ApiError, json_response
 from service.keys import read_tokens_key
 
-log = structlog.get_logger("jobtrail.http")
+log = structlog.get_logger(component="http")
 
 # Routes that answer without a token: ops endpoints, the API description, and the webhook
 # receiver (which checks signatures instead).

@@ -14,7 +14,7 @@ import structlog
 
 from events.store import Connection
 
-log = structlog.get_logger("jobtrail.migrate")
+log = structlog.get_logger(component="migrate")
 
 _FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+)\.sql$")
 _LOCK = "SELECT pg_advisory_xact_lock(7413690202)"

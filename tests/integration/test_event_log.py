@@ -180,3 +180,46 @@ async def test_the_database_refuses_changes_to_stored_events(
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
             await conn.execute(statement)
         assert await conn.fetchval("SELECT count(*) FROM events") == 1
+
+
+async def test_hashes_survive_the_jsonb_round_trip(pool: asyncpg.Pool[Any]) -> None:
+    """jsonb keeps values, not spelling: numbers and strings that PostgreSQL rewrites must
+    still verify when read back."""
+    awkward = [
+        1e300,
+        -0.0,
+        0.0,
+        1e-7,
+        5e-324,
+        1.5,
+        2.0,
+        1.2345678901234568e17,
+        0.1,
+        1e16,
+        1.7976931348623157e308,
+        -1e-300,
+        -2.5e20,
+        9007199254740991,
+        0,
+        10,
+        100,
+    ]
+    event = NewEvent(
+        stream_id=job_stream("numbers"),
+        type=STATUS_REPORTED,
+        data={
+            "job_id": "numbers",
+            "status": "running",
+            "details": {"n": awkward},
+            "text": 'é 😀 \\ " \u2028 <b>',
+            "": {"nested": [[], {}]},
+        },
+        metadata={"scheme": "test", "note": "Ünïcode"},
+        received_at=datetime.now(UTC),
+    )
+    appender = Appender(pool)
+    async with running(appender.run()):
+        await appender.append([event])
+    async with pool.acquire() as conn:
+        [stored] = await read_stream(conn, job_stream("numbers"))
+    assert check_chain([stored]) == [True]
