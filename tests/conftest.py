@@ -54,7 +54,8 @@ async def _admin(dsn: str, *statements: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
         for statement in statements:
-            await conn.execute(statement)
+            # A test must fail rather than hang CI if something still holds its database.
+            await conn.execute(statement, timeout=30)
     finally:
         await conn.close()
 
@@ -104,8 +105,30 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
     )
 
 
+AppClientFactory = Callable[[Settings], Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@pytest.fixture
+async def app_client(
+    aiohttp_client: AiohttpClient, database_url: str
+) -> AsyncIterator[AppClientFactory]:
+    """Build clients for apps with other settings; they are stopped before the database goes."""
+    clients: list[TestClient[web.Request, web.Application]] = []
+
+    async def make(settings: Settings) -> TestClient[web.Request, web.Application]:
+        clients.append(await aiohttp_client(create_app(settings)))
+        return clients[-1]
+
+    yield make
+    for test_client in clients:
+        await test_client.close()
+
+
 @pytest.fixture
 async def client(
     aiohttp_client: AiohttpClient, settings: Settings
-) -> TestClient[web.Request, web.Application]:
-    return await aiohttp_client(create_app(settings))
+) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    test_client = await aiohttp_client(create_app(settings))
+    yield test_client
+    # Stop the app (its projector and pool) before its database is dropped.
+    await test_client.close()

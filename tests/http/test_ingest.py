@@ -13,6 +13,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from service.settings import Settings
+from tests.conftest import AppClientFactory
 from tests.helpers import (
     AUTH,
     CALLBACK_SECRET,
@@ -172,14 +174,8 @@ async def test_legacy_refusals_store_nothing(
     assert await event_count(pool) == 0
 
 
-async def test_legacy_can_be_switched_off(
-    aiohttp_client: Any, settings: Any, pool: asyncpg.Pool[Any]
-) -> None:
-    from service.app import create_app
-
-    client = await aiohttp_client(
-        create_app(settings.model_copy(update={"accept_legacy_signatures": False}))
-    )
+async def test_legacy_can_be_switched_off(app_client: AppClientFactory, settings: Settings) -> None:
+    client = await app_client(settings.model_copy(update={"accept_legacy_signatures": False}))
     body = body_of({"job_id": "vm-8", "status": "running"})
     headers = {
         "Content-Type": "application/json",
