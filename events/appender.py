@@ -31,6 +31,18 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.InsufficientResourcesError,
 )
 
+
+def cancelling() -> bool:
+    """Whether the current task has been asked to stop.
+
+    Cancelling a task in the middle of a database call can surface as the connection's error
+    instead of ``CancelledError`` (the clean-up of a dead connection fails too). Loops that
+    retry on such errors check this, or they would never stop.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 BatchHook = Callable[[Sequence[NewEvent]], Awaitable[None]]
 _Request = tuple[Sequence[NewEvent], "asyncio.Future[list[AppendResult]]"]
 
@@ -102,19 +114,25 @@ class Appender:
                 results = await append_batch(conn, events)
                 if self._before_commit is not None:
                     await self._before_commit(events)
-        except UNAVAILABLE_ERRORS as error:
-            log.warning("append.unavailable", error=type(error).__name__, events=len(events))
-            self._fail(requests, StorageUnavailable(type(error).__name__))
-            return
+        except asyncio.CancelledError:
+            # Stopping mid-commit: the outcome is unknown, so nothing is acknowledged.
+            self._fail(requests, StorageUnavailable("appender stopped"))
+            raise
         except Exception as error:
-            if len(requests) > 1:
+            if cancelling():
+                self._fail(requests, StorageUnavailable("appender stopped"))
+                raise asyncio.CancelledError from error
+            if isinstance(error, UNAVAILABLE_ERRORS):
+                log.warning("append.unavailable", error=type(error).__name__, events=len(events))
+                self._fail(requests, StorageUnavailable(type(error).__name__))
+            elif len(requests) > 1:
                 # One request's events sank the batch: give each request its own transaction
                 # so that only the bad one fails.
                 for request in requests:
                     await self._commit([request])
-                return
-            log.error("append.failed", error=type(error).__name__, detail=str(error))
-            self._fail(requests, AppendFailed(type(error).__name__))
+            else:
+                log.error("append.failed", error=type(error).__name__, detail=str(error))
+                self._fail(requests, AppendFailed(type(error).__name__))
             return
         if self._on_batch is not None:
             self._on_batch(len(events), loop.time() - started)

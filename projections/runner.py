@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from events.appender import UNAVAILABLE_ERRORS
+from events.appender import UNAVAILABLE_ERRORS, cancelling
 from events.models import RecordedEvent
 from events.store import Connection, read_all
 from projections.base import AnyProjection
@@ -115,30 +115,38 @@ class Projector:
     async def run(self) -> None:
         while True:
             try:
-                async with self._pool.acquire() as listener:
-                    lost = asyncio.Event()
-
-                    def on_termination(_conn: object, lost: asyncio.Event = lost) -> None:
-                        lost.set()
-
-                    await listener.add_listener(NOTIFY_CHANNEL, self._notified)
-                    listener.add_termination_listener(on_termination)
-                    try:
-                        while not lost.is_set():
-                            await self.catch_up()
-                            with contextlib.suppress(TimeoutError):
-                                await asyncio.wait_for(self._wakeup.wait(), self._poll_interval)
-                            self._wakeup.clear()
-                    finally:
-                        listener.remove_termination_listener(on_termination)
-                        if not listener.is_closed():
-                            await listener.remove_listener(NOTIFY_CHANNEL, self._notified)
-            except UNAVAILABLE_ERRORS as error:
-                log.warning("projector.storage_unavailable", error=type(error).__name__)
-            except Exception:
-                # A failed batch rolled back whole; the next attempt starts from the checkpoint.
-                log.exception("projector.batch_failed")
+                await self._listen_and_apply()
+            except Exception as error:
+                if cancelling():
+                    raise asyncio.CancelledError from error
+                if isinstance(error, UNAVAILABLE_ERRORS):
+                    log.warning("projector.storage_unavailable", error=type(error).__name__)
+                else:
+                    # The batch rolled back whole; the next try starts from the checkpoint.
+                    log.exception("projector.batch_failed")
             await asyncio.sleep(self._poll_interval)
+
+    async def _listen_and_apply(self) -> None:
+        async with self._pool.acquire() as listener:
+            lost = asyncio.Event()
+
+            def on_termination(_conn: object) -> None:
+                lost.set()
+
+            await listener.add_listener(NOTIFY_CHANNEL, self._notified)
+            listener.add_termination_listener(on_termination)
+            try:
+                while not lost.is_set():
+                    await self.catch_up()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), self._poll_interval)
+                    self._wakeup.clear()
+            finally:
+                listener.remove_termination_listener(on_termination)
+                # The connection may already be dead (that may be why we are leaving): a
+                # failing clean-up must not replace the error, or a cancellation, in flight.
+                with contextlib.suppress(*UNAVAILABLE_ERRORS):
+                    await listener.remove_listener(NOTIFY_CHANNEL, self._notified)
 
     def _notified(self, *_args: object) -> None:
         self._wakeup.set()

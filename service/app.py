@@ -7,7 +7,6 @@ in reverse order, so background tasks stop before the pool they use is closed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -32,6 +31,7 @@ from service.signatures import Keyring
 
 POOL_SIZE = 10
 COMMAND_TIMEOUT_S = 30.0
+SHUTDOWN_TIMEOUT_S = 10.0
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -60,11 +60,11 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(app[projector_key].run(), name="projector"),
     ]
     yield
-    for task in app[tasks_key]:
+    tasks: list[asyncio.Task[None]] = app[tasks_key]
+    for task in tasks:
         task.cancel()
-    for task in app[tasks_key]:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    # Bounded: a task stuck in clean-up must not keep the process from exiting.
+    await asyncio.wait(tasks, timeout=SHUTDOWN_TIMEOUT_S)
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -209,3 +209,24 @@ async def test_rebuilt_tables_keep_their_index_names(pool: asyncpg.Pool[Any]) ->
     await rebuild(pool)
     async with pool.acquire() as conn:
         assert [r["indexname"] for r in await conn.fetch(query, names)] == before
+
+
+async def test_a_projector_whose_connections_died_still_stops_when_cancelled(
+    pool: asyncpg.Pool[Any], database_url: str
+) -> None:
+    """Regression: clean-up on a dead connection used to swallow the cancellation, and the
+    service then never finished shutting down."""
+    for _ in range(5):
+        task = asyncio.create_task(Projector(pool, poll_interval=0.05).run())
+        await asyncio.sleep(0.2)  # listening, idle
+        killer = await asyncpg.connect(database_url)
+        await killer.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        await killer.close()
+        task.cancel()
+        done, _ = await asyncio.wait([task], timeout=5)
+        if not done:
+            task.print_stack()
+        assert done, "the projector ignored its cancellation"
