@@ -105,7 +105,9 @@ def apply(job: JobStatus | None, event: RecordedEvent) -> JobStatus:
         raise ValueError(f"job_status does not take {event.type}")
 
     if job is None:
-        job = _new(event, status)
+        # Born before its first event: that event then moves it like any other (a heartbeat
+        # creates it running; a job first heard of when it ends is not late).
+        job = _new(event, "running" if event.type == HEARTBEAT_RECORDED else "queued")
     job = replace(job, event_count=job.event_count + 1, last_position=event.position, updated_at=at)
 
     if job.status in TERMINAL:

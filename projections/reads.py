@@ -15,6 +15,13 @@ from events.store import Connection
 from projections.sql import Q
 
 Job = dict[str, Any]
+PageKey = tuple[datetime, str]  # (created_at, job_id) of the last job of a page
+
+
+def page_key(job: Job) -> PageKey:
+    return job["created_at"], job["job_id"]
+
+
 _TERMINAL = sorted(TERMINAL)
 
 
@@ -25,13 +32,18 @@ async def list_jobs(
     stale_after_s: float,
     status: str | None = None,
     stale: bool | None = None,
-    before_position: int | None = None,
+    after: PageKey | None = None,
     limit: int = 50,
 ) -> list[Job]:
-    """Jobs, most recently changed first; page with ``before_position`` (a keyset cursor)."""
+    """Jobs, newest first; the next page starts ``after`` the last job of this one.
+
+    The order is by creation, which never changes: a walk through the pages sees every job
+    that existed when it started exactly once, however the jobs change meanwhile.
+    """
     threshold = now - timedelta(seconds=stale_after_s)
+    created_at, job_id = after if after is not None else (None, None)
     rows = await conn.fetch(
-        Q["list_jobs"], _TERMINAL, threshold, status, stale, before_position, limit
+        Q["list_jobs"], _TERMINAL, threshold, status, stale, created_at, job_id, limit
     )
     return [dict(r) for r in rows]
 

@@ -207,7 +207,7 @@ async def _jobs(dsn: str, settings: Settings, status: str | None, stale: bool) -
     now = datetime.now(UTC)
     jobs: list[Any] = []
     async with _pool(dsn) as pool, pool.acquire() as conn:
-        before = None
+        after = None
         while True:
             page = await reads.list_jobs(
                 conn,
@@ -215,13 +215,13 @@ async def _jobs(dsn: str, settings: Settings, status: str | None, stale: bool) -
                 stale_after_s=settings.stale_after_s,
                 status=status,
                 stale=True if stale else None,
-                before_position=before,
+                after=after,
                 limit=1000,
             )
             jobs.extend(page)
             if len(page) < 1000:
                 return jobs
-            before = page[-1]["last_position"]
+            after = reads.page_key(page[-1])
 
 
 def _age(moment: datetime | None, now: datetime) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import json
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -47,18 +48,22 @@ def _bool_param(request: web.Request, name: str) -> bool | None:
     raise ApiError(400, f"{name} must be true or false")
 
 
-def _encode_cursor(position: int) -> str:
-    return base64.urlsafe_b64encode(f"p:{position}".encode()).decode().rstrip("=")
+def _encode_cursor(key: reads.PageKey) -> str:
+    created_at, job_id = key
+    text = json.dumps([created_at.isoformat(), job_id])
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str | None) -> int | None:
+def _decode_cursor(cursor: str | None) -> reads.PageKey | None:
     if not cursor:
         return None
     try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if text.startswith("p:"):
-            return int(text[2:])
-    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, job_id = json.loads(raw)
+        moment = datetime.fromisoformat(created_at)
+        if isinstance(job_id, str) and moment.tzinfo is not None:
+            return moment, job_id
+    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError):
         pass
     raise ApiError(400, "invalid cursor")
 
@@ -76,23 +81,26 @@ async def list_jobs(request: web.Request) -> web.Response:
             stale_after_s=settings.stale_after_s,
             status=status,
             stale=_bool_param(request, "stale"),
-            before_position=_decode_cursor(request.query.get("cursor")),
+            after=_decode_cursor(request.query.get("cursor")),
             limit=limit + 1,
         )
-    next_cursor = _encode_cursor(jobs[limit - 1]["last_position"]) if len(jobs) > limit else None
+    next_cursor = _encode_cursor(reads.page_key(jobs[limit - 1])) if len(jobs) > limit else None
     return json_response({"jobs": jobs[:limit], "next_cursor": next_cursor})
 
 
 async def _wait_for_position(request: web.Request, position: int) -> None:
     """Read-your-writes: wait until every projection has applied ``position``."""
     deadline = time.monotonic() + READ_YOUR_WRITES_WAIT_S
-    async with request.app[pool_key].acquire() as conn:
-        while True:
-            if min((await reads.checkpoints(conn)).values()) >= position:
-                return
-            if time.monotonic() >= deadline:
-                raise ApiError(504, "Projection did not reach the position in time")
-            await asyncio.sleep(0.02)
+    while True:
+        # A connection per look, not for the whole wait: waiting readers must not starve
+        # ingest (or the projector they wait for) of pool connections.
+        async with request.app[pool_key].acquire() as conn:
+            reached = min((await reads.checkpoints(conn)).values())
+        if reached >= position:
+            return
+        if time.monotonic() >= deadline:
+            raise ApiError(504, "Projection did not reach the position in time")
+        await asyncio.sleep(0.02)
 
 
 async def get_job(request: web.Request) -> web.Response:

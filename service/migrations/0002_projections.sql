@@ -30,8 +30,9 @@ CREATE TABLE job_status (
     late_event_count bigint      NOT NULL
 );
 
-CREATE INDEX job_status_last_position_idx ON job_status (last_position);
-CREATE INDEX job_status_status_last_position_idx ON job_status (status, last_position);
+-- Pages are walked newest-created first; created_at never changes, so a walk never skips a job.
+CREATE INDEX job_status_created_at_job_id_idx ON job_status (created_at, job_id);
+CREATE INDEX job_status_status_created_at_job_id_idx ON job_status (status, created_at, job_id);
 
 CREATE TABLE job_heartbeat (
     job_id             text        PRIMARY KEY,
