@@ -25,7 +25,6 @@ from events.catalog import (
     github_stream,
     job_stream,
 )
-from events.errors import StorageUnavailable
 from events.hashing import format_timestamp
 from events.models import NewEvent
 from service.errors import ApiError, json_response
@@ -35,7 +34,6 @@ from service.signatures import SignatureError, Verified, verify_request
 
 log = structlog.get_logger(component="ingest")
 
-RETRY_AFTER_S = "5"
 _GITHUB_TYPES = {
     "workflow_run": GITHUB_WORKFLOW_RUN,
     "workflow_job": GITHUB_WORKFLOW_JOB,
@@ -133,10 +131,8 @@ async def receive_webhook(request: web.Request) -> web.Response:
         log.info("ingest.invalid_payload", details=error.details)
         raise ApiError(400, "Invalid payload", details=error.details) from None
 
-    try:
-        [result] = await request.app[appender_key].append([event])
-    except StorageUnavailable:
-        raise ApiError(503, "Storage unavailable", headers={"Retry-After": RETRY_AFTER_S}) from None
+    # StorageUnavailable becomes a 503 with Retry-After in the error middleware.
+    [result] = await request.app[appender_key].append([event])
     log.debug(
         "ingest.accepted",
         scheme=verified.scheme,

@@ -11,6 +11,8 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from events.appender import UNAVAILABLE_ERRORS
+from events.errors import StorageUnavailable
 from service.errors import ApiError, json_response
 from service.keys import read_tokens_key
 
@@ -21,6 +23,9 @@ log = structlog.get_logger(component="http")
 PUBLIC_PATHS = frozenset(
     {"/healthz", "/readyz", "/metrics", "/api/openapi.json", "/api/webhooks/github"}
 )
+_UNAVAILABLE: tuple[type[BaseException], ...] = (StorageUnavailable, *UNAVAILABLE_ERRORS)
+# Seconds a client should wait before retrying while PostgreSQL is unreachable.
+RETRY_AFTER_S = "5"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -47,11 +52,19 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error is JSON; an unexpected one is a 500 with the request id and no trace."""
+    """Every error is JSON: 503 with Retry-After while PostgreSQL is unreachable, and an
+    unexpected error is a 500 with the request id and no trace."""
     try:
         return await handler(request)
     except ApiError as error:
         return error.response()
+    except _UNAVAILABLE:
+        log.warning("request.storage_unavailable")
+        return json_response(
+            {"error": "Storage unavailable"},
+            status=503,
+            headers={"Retry-After": RETRY_AFTER_S},
+        )
     except web.HTTPException as error:
         if error.status < 400:
             raise

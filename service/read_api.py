@@ -14,6 +14,7 @@ from aiohttp import web
 
 from events.appender import UNAVAILABLE_ERRORS
 from events.catalog import JOB_STATUSES, job_stream
+from events.models import RecordedEvent
 from events.store import read_stream
 from projections import reads
 from service.errors import ApiError, json_response
@@ -118,7 +119,7 @@ async def get_job(request: web.Request) -> web.Response:
     return json_response(job)
 
 
-def event_json(event: Any) -> dict[str, Any]:
+def event_json(event: RecordedEvent) -> dict[str, Any]:
     return {
         "position": event.position,
         "stream_position": event.stream_position,

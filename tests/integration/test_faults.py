@@ -60,6 +60,8 @@ async def test_postgres_down_gives_503_and_the_service_recovers(
     assert refused.headers["Retry-After"].isdigit()
     assert await refused.json() == {"error": "Storage unavailable"}
     assert (await client.get("/readyz")).status == 503
+    reading = await client.get("/api/jobs/vm-down", headers=AUTH)
+    assert reading.status == 503 and await reading.json() == {"error": "Storage unavailable"}
     assert (await client.get("/healthz")).status == 200
 
     own_server.start()
