@@ -1,5 +1,6 @@
 """``service.signatures`` against published test vectors and real captured GitHub deliveries
-(SPEC section 3). The fixtures live in ``shared/fixtures`` beside the checkout; see SOURCES.md."""
+(SPEC section 3). The fixtures are copies of published data; tests/fixtures/SOURCES.md says where
+each comes from."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from service.signatures import (
     verify_request,
 )
 
-FIXTURES = Path(__file__).resolve().parents[2] / ".." / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 VECTORS = FIXTURES / "signing-vectors"
 DELIVERIES = FIXTURES / "github-signed-deliveries"
 
@@ -83,7 +84,7 @@ def refused(headers: CIMultiDict[str], body: bytes, ring: Keyring, now: float) -
 
 
 def test_the_fixtures_are_there() -> None:
-    # A missing checkout of shared/ must fail loudly, not skip.
+    # Missing fixtures must fail loudly, not skip.
     assert VECTORS.is_dir(), VECTORS
     assert len(CAPTURED_FILES) == 3
     assert {f"../github-signed-deliveries/{p.name}" for p in CAPTURED_FILES} == set(
