@@ -60,9 +60,9 @@ SELECT *
        first_heartbeat_at = excluded.first_heartbeat_at
 
 -- name: list_jobs --
--- $1 terminal statuses, $2 stale threshold (older heartbeats are stale), $3 status filter,
--- $4 stale filter, $5 and $6 keyset cursor (created_at and job_id of the previous page's last
--- job), $7 limit.
+-- A job as the API shows it. $1 terminal statuses, $2 stale threshold (older heartbeats are
+-- stale), $3 status filter, $4 stale filter, $5 and $6 keyset cursor (created_at and job_id of
+-- the previous page's last job), $7 limit, $8 one job id.
 SELECT s.job_id, s.status, s.created_at, s.updated_at, s.started_at, s.finished_at, s.run_id,
        s.run_attempt, s.agent_id, s.region, s.message, s.error, s.event_count, s.last_position,
        s.late_event_count, h.last_heartbeat_at, coalesce(h.heartbeat_count, 0) AS heartbeat_count,
@@ -75,15 +75,6 @@ SELECT s.job_id, s.status, s.created_at, s.updated_at, s.started_at, s.finished_
         OR (s.status <> ALL($1::text[])
             AND coalesce(h.last_heartbeat_at, s.updated_at) < $2::timestamptz) = $4::boolean)
    AND ($5::timestamptz IS NULL OR (s.created_at, s.job_id) < ($5::timestamptz, $6::text))
+   AND ($8::text IS NULL OR s.job_id = $8::text)
  ORDER BY s.created_at DESC, s.job_id DESC
  LIMIT $7
-
--- name: get_job --
-SELECT s.job_id, s.status, s.created_at, s.updated_at, s.started_at, s.finished_at, s.run_id,
-       s.run_attempt, s.agent_id, s.region, s.message, s.error, s.event_count, s.last_position,
-       s.late_event_count, h.last_heartbeat_at, coalesce(h.heartbeat_count, 0) AS heartbeat_count,
-       (s.status <> ALL($1::text[])
-        AND coalesce(h.last_heartbeat_at, s.updated_at) < $2::timestamptz) AS stale
-  FROM job_status s
-  LEFT JOIN job_heartbeat h USING (job_id)
- WHERE s.job_id = $3
