@@ -67,7 +67,9 @@ async def apply_batch(
     if before_checkpoint is not None:
         await before_checkpoint(events)
     for name in names:
-        await conn.execute(Q["save_checkpoint"], name, events[-1].position)
+        # Checkpoints only move forward (one projection may have been rebuilt further ahead).
+        position = max(checkpoints[name], events[-1].position)
+        await conn.execute(Q["save_checkpoint"], name, position)
     return len(events), changed
 
 

@@ -230,3 +230,19 @@ async def test_a_projector_whose_connections_died_still_stops_when_cancelled(
         if not done:
             task.print_stack()
         assert done, "the projector ignored its cancellation"
+
+
+async def test_projections_at_different_checkpoints_each_apply_an_event_once(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    await append_all(pool, mixed_workload(seed=9, count=100))
+    await Projector(pool).catch_up()
+    # Rebuild one projection alone while more events arrive: the two checkpoints now differ.
+    job_status = next(p for p in PROJECTIONS if p.name == "job_status")
+    await append_all(pool, mixed_workload(seed=10, count=60))
+    await rebuild(pool, [job_status])
+    await append_all(pool, mixed_workload(seed=11, count=40))
+    await Projector(pool, batch_size=15).catch_up()
+    assert await table_rows(pool) == await folded_rows(pool)
+    marks = await checkpoints(pool)
+    assert marks["job_status"] == marks["job_heartbeat"] == marks["head"]
