@@ -7,10 +7,11 @@ SELECT name, position
  ORDER BY name
    FOR UPDATE
 
--- name: save_checkpoint --
-UPDATE projection_checkpoints
-   SET position = $2, updated_at = now()
- WHERE name = $1
+-- name: save_checkpoints --
+UPDATE projection_checkpoints c
+   SET position = v.position, updated_at = now()
+  FROM unnest($1::text[], $2::bigint[]) AS v(name, position)
+ WHERE c.name = v.name
 
 -- name: read_checkpoints --
 SELECT name, position, updated_at FROM projection_checkpoints ORDER BY name

@@ -88,5 +88,5 @@ async def rebuild(
                 index = row["indexname"]
                 renamed = table + index.removeprefix(aside)
                 await conn.execute(f"ALTER INDEX {_ident(index)} RENAME TO {_ident(renamed)}")
-            await conn.execute(Q["save_checkpoint"], table, last)
+            await conn.execute(Q["save_checkpoints"], [table], [last])
         return last

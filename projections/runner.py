@@ -66,10 +66,9 @@ async def apply_batch(
             changed[projection.name] = keys
     if before_checkpoint is not None:
         await before_checkpoint(events)
-    for name in names:
-        # Checkpoints only move forward (one projection may have been rebuilt further ahead).
-        position = max(checkpoints[name], events[-1].position)
-        await conn.execute(Q["save_checkpoint"], name, position)
+    # Checkpoints only move forward (one projection may have been rebuilt further ahead).
+    positions = [max(checkpoints[name], events[-1].position) for name in names]
+    await conn.execute(Q["save_checkpoints"], names, positions)
     return len(events), changed
 
 
