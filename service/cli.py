@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -77,9 +77,9 @@ def _load_settings(args: argparse.Namespace) -> Settings:
 
 
 @contextlib.contextmanager
-def _database(settings: Settings, *, keep_running: bool = False) -> Any:
+def _database(settings: Settings) -> Iterator[str]:
     """Yield a DSN: DATABASE_URL, or the embedded server (started if needed, and then stopped
-    again afterwards unless ``keep_running``)."""
+    again afterwards if this command started it)."""
     if settings.database_url is not None:
         yield settings.database_url.get_secret_value()
         return
@@ -92,7 +92,7 @@ def _database(settings: Settings, *, keep_running: bool = False) -> Any:
     try:
         yield dsn
     finally:
-        if not was_running and not keep_running:
+        if not was_running:
             server.stop()
 
 
@@ -135,14 +135,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         credentials = ensure_credentials(
             settings.model_copy(update={"database_url": SecretStr(dsn)})
         )
-        print(_banner(settings, credentials.generated, credentials.path), flush=True)
-        web.run_app(
-            create_app(credentials.settings),
-            host=settings.host,
-            port=settings.port,
-            print=None,
-            access_log=None,
-        )
+        banner = _banner(settings, credentials.generated, credentials.path)
+        try:
+            web.run_app(
+                create_app(credentials.settings),
+                host=settings.host,
+                port=settings.port,
+                # run_app "prints" once the socket is bound: only then is the banner true.
+                print=lambda _bound: print(banner, flush=True),
+                access_log=None,
+            )
+        except OSError as error:
+            raise CliError(
+                f"cannot listen on {settings.host}:{settings.port}: {error.strerror}"
+            ) from None
     return EXIT_OK
 
 

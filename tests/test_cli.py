@@ -653,3 +653,21 @@ async def test_serve_with_configured_secrets_generates_and_prints_none(
     assert secret not in printed and token not in printed, printed
     assert not (data_dir / "secrets.json").exists()
     assert secret not in serve.stderr() and token not in serve.stderr()
+
+
+async def test_serve_on_a_port_in_use_is_a_clean_exit_2(database_url: str, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = cli_env(
+            DATABASE_URL=database_url,
+            JOBTRAIL_DATA_DIR=str(tmp_path / "data"),
+            GITHUB_CALLBACK_SECRET="s",
+            JOBTRAIL_READ_TOKENS="t",
+        )
+        result = await run_cli("serve", "--port", str(port), env=env, cwd=tmp_path)
+    assert result.code == 2, result
+    assert "Traceback" not in result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "serving" not in result.stdout  # no banner for a server that never listened
