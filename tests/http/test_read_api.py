@@ -17,9 +17,8 @@ from aiohttp.test_utils import TestClient
 from events.catalog import TIMED_OUT, job_stream
 from events.models import NewEvent
 from events.store import append_batch
-from service.app import create_app
 from service.settings import Settings
-from tests.conftest import AiohttpClient
+from tests.conftest import AppClientFactory
 from tests.helpers import AUTH, READ_TOKEN, body_of, standard_headers, wait_for_projection
 
 Client = TestClient[web.Request, web.Application]
@@ -419,11 +418,9 @@ STALE_AFTER_S = 0.5
 
 
 async def test_stale_jobs(
-    aiohttp_client: AiohttpClient, settings: Settings, pool: asyncpg.Pool[Any]
+    app_client: AppClientFactory, settings: Settings, pool: asyncpg.Pool[Any]
 ) -> None:
-    client = await aiohttp_client(
-        create_app(settings.model_copy(update={"stale_after_s": STALE_AFTER_S}))
-    )
+    client = await app_client(settings.model_copy(update={"stale_after_s": STALE_AFTER_S}))
     await send(client, {"job_id": "live-old", "status": "running"})
     await send(client, {"job_id": "beating-old", "status": "heartbeat"})
     await send(client, {"job_id": "queued-old", "status": "queued"})
