@@ -1,13 +1,15 @@
 """Turning a verified request body into a validated callback (SPEC section 3, payload table).
 
-Stricter than ``json.loads``: the body must be UTF-8; duplicate keys, NaN/Infinity, NUL
-characters, lone surrogates, integers outside 0..2^53-1 and nesting deeper than 32 levels are
-refused. Each refusal is a ``PayloadError`` with details a client can act on.
+Stricter than ``json.loads``: the body must be UTF-8; duplicate keys, NaN and Infinity (also
+an overflowing number such as 1e999), NUL characters, lone surrogates, integers outside
+0..2^53-1 and nesting deeper than 32 levels are refused. Each refusal is a ``PayloadError`` with
+details a client can act on.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import datetime
 from typing import Annotated, Any
@@ -57,6 +59,14 @@ def _refuse_constant(name: str) -> Any:
     raise PayloadError([_detail(f"{name} is not valid JSON", type_="json_invalid")])
 
 
+def _finite_float(text: str) -> float:
+    # json.loads turns 1e999 into inf, which neither JSON nor PostgreSQL can hold.
+    value = float(text)
+    if not math.isfinite(value):
+        raise PayloadError([_detail(f"number {text[:32]} is out of range", type_="json_invalid")])
+    return value
+
+
 def _check_values(value: Any) -> None:
     """Depth, strings and integers of a parsed document, without recursion."""
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
@@ -102,7 +112,10 @@ def parse_json(body: bytes) -> Any:
         raise PayloadError([_detail("body is not UTF-8", type_="json_invalid")]) from None
     try:
         value = json.loads(
-            text, object_pairs_hook=_refuse_duplicates, parse_constant=_refuse_constant
+            text,
+            object_pairs_hook=_refuse_duplicates,
+            parse_constant=_refuse_constant,
+            parse_float=_finite_float,
         )
     except RecursionError:
         raise PayloadError([_detail(f"nested deeper than {MAX_DEPTH} levels")]) from None

@@ -228,6 +228,8 @@ INVALID_PAYLOADS: dict[str, bytes] = {
     "duplicate_keys": b'{"job_id":"vm-9","status":"running","status":"failed"}',
     "nul_in_string": b'{"job_id":"vm-9","status":"running","message":"a\\u0000b"}',
     "nan": b'{"job_id":"vm-9","status":"running","details":{"x":NaN}}',
+    "infinity": b'{"job_id":"vm-9","status":"running","details":{"x":-Infinity}}',
+    "float_overflow": b'{"job_id":"vm-9","status":"running","details":{"x":1e999}}',
     "not_utf8": b'{"job_id":"vm-9","status":"running","message":"\xff\xfe"}',
     "lone_surrogate": b'{"job_id":"vm-9","status":"running","message":"\\ud800"}',
 }
