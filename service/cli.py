@@ -324,10 +324,14 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jobtrail", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="jobtrail",
+        description="Verified CI job callbacks in an append-only PostgreSQL event log.",
+        epilog="Exit codes: 0 success, 1 a failure found, 2 usage or connection error.",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the HTTP service, projector and watchdog")
+    serve = commands.add_parser("serve", help="run the HTTP service and the projector")
     for flag, field, kind, help_text in _SERVE_FLAGS:
         serve.add_argument(flag, dest=field, type=kind, help=help_text)
     serve.set_defaults(handler=cmd_serve)
