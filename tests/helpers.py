@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import subprocess
 import time
 import uuid
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
+import aiohttp
 import asyncpg
 
 from service.signatures import sign_standard, standard_key
@@ -64,3 +68,37 @@ async def wait_for_projection(pool: asyncpg.Pool[Any], within_s: float = 10.0) -
         if time.monotonic() > deadline:
             raise AssertionError(f"projection stuck at {low}, head {head}")
         await asyncio.sleep(0.02)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def wait_until_ready(base_url: str, within_s: float = 30.0) -> None:
+    """Wait for a served jobtrail's /readyz to answer 200."""
+    deadline = time.monotonic() + within_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientConnectionError):
+                async with session.get(f"{base_url}/readyz") as response:
+                    if response.status == 200:
+                        return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"{base_url} never became ready")
+
+
+@contextlib.asynccontextmanager
+async def running(*coroutines: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+    """Run background loops (appenders, projectors) for the duration of a block."""
+    tasks = [asyncio.create_task(c) for c in coroutines]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -28,7 +28,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from service.embedded_pg import EmbeddedPostgres
-from tests.helpers import AUTH, body_of, standard_headers, wait_for_projection
+from tests.helpers import AUTH, body_of, free_port, standard_headers, wait_for_projection
 
 Client = TestClient[web.Request, web.Application]
 JOBTRAIL = Path(sys.executable).parent / "jobtrail"
@@ -443,13 +443,6 @@ async def test_db_start_url_stop_and_restart_keeps_the_data(tmp_path: Path) -> N
 
 
 # -- serve -------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Serve:

@@ -18,7 +18,7 @@ from events.hashing import check_chain
 from events.models import NewEvent
 from events.store import read_stream, register_codecs
 from projections.runner import Projector
-from tests.helpers import wait_for_projection
+from tests.helpers import running, wait_for_projection
 
 
 def callback(job_id: str, status: str = "running", key: str | None = None) -> NewEvent:
@@ -30,19 +30,6 @@ def callback(job_id: str, status: str = "running", key: str | None = None) -> Ne
         received_at=datetime.now(UTC),
         idempotency_key=key,
     )
-
-
-@contextlib.asynccontextmanager
-async def running(*coroutines: Any) -> AsyncIterator[None]:
-    tasks = [asyncio.create_task(c) for c in coroutines]
-    try:
-        yield
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 @contextlib.asynccontextmanager

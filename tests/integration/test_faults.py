@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,7 +22,15 @@ from service.embedded_pg import EmbeddedPostgres
 from service.migrate import migrate
 from service.settings import Settings
 from tests.conftest import AppClientFactory
-from tests.helpers import AUTH, CALLBACK_SECRET, READ_TOKEN, body_of, standard_headers
+from tests.helpers import (
+    AUTH,
+    CALLBACK_SECRET,
+    READ_TOKEN,
+    body_of,
+    free_port,
+    standard_headers,
+    wait_until_ready,
+)
 
 pytestmark = pytest.mark.slow
 URL = "/api/webhooks/github"
@@ -75,12 +82,6 @@ async def test_postgres_down_gives_503_and_the_service_recovers(
     assert (await client.get("/readyz")).status == 200
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 async def service(database_url: str, tmp_path: Path) -> AsyncIterator[tuple[str, Any]]:
     """``jobtrail serve`` as its own process, to be killed."""
@@ -104,15 +105,7 @@ async def service(database_url: str, tmp_path: Path) -> AsyncIterator[tuple[str,
         stderr=asyncio.subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
-    async with aiohttp.ClientSession() as session:
-        for _ in range(200):
-            try:
-                async with session.get(f"{base}/readyz") as response:
-                    if response.status == 200:
-                        break
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)
+    await wait_until_ready(base)
     try:
         yield base, process
     finally:

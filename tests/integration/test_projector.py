@@ -19,7 +19,7 @@ from events.models import NewEvent, RecordedEvent
 from projections.registry import PROJECTIONS
 from projections.replay import fold_log, rebuild
 from projections.runner import Projector
-from tests.integration.test_event_log import running
+from tests.helpers import running
 
 STATUSES = [
     "queued",
