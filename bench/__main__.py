@@ -28,12 +28,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from service.embedded_pg import EmbeddedPostgres
+from devdb import EmbeddedPostgres
 from service.signatures import sign_standard, standard_key
+from tests.helpers import free_port, with_database
 
 HERE = Path(__file__).resolve().parent
 SECRET = "whsec_" + "YmVuY2htYXJrLXNlY3JldC1ieXRlcy0xMjM0NTY3OA=="
@@ -52,10 +52,6 @@ def database() -> Iterator[str]:
             yield server.start()
         finally:
             server.destroy()
-
-
-def with_database(dsn: str, name: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
 
 
 async def create_database(dsn: str, name: str) -> str:
@@ -84,12 +80,6 @@ def write_requests(path: Path, count: int) -> None:
             msg_id = f"msg_{uuid.uuid4().hex}"
             signature = sign_standard(key, msg_id, now, body)
             out.write(f"{msg_id}\t{now}\t{signature}\t{body.decode()}\n")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], within_s: float = 30) -> None:

@@ -15,33 +15,11 @@ from typing import Any
 import asyncpg
 import structlog
 
-from events.errors import AppendFailed, StorageUnavailable
+from events.errors import AppendFailed, StorageUnavailable, cancelling, is_unavailable
 from events.models import AppendResult, NewEvent
 from events.store import append_batch
 
 log = structlog.get_logger(component="appender")
-
-# Errors after which nothing is known to be stored and a later retry may succeed.
-UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-)
-
-
-def cancelling() -> bool:
-    """Whether the current task has been asked to stop.
-
-    Cancelling a task in the middle of a database call can surface as the connection's error
-    instead of ``CancelledError`` (the clean-up of a dead connection fails too). Loops that
-    retry on such errors check this, or they would never stop.
-    """
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
 
 BatchHook = Callable[[Sequence[NewEvent]], Awaitable[None]]
 _Request = tuple[Sequence[NewEvent], "asyncio.Future[list[AppendResult]]"]
@@ -69,6 +47,7 @@ class Appender:
         self._on_batch = on_batch
         self._pending: list[_Request] = []
         self._wakeup = asyncio.Event()
+        self._stopped = False
 
     async def append(self, events: Sequence[NewEvent]) -> list[AppendResult]:
         """Durably append ``events`` (in order, in one transaction) and return where they are.
@@ -76,6 +55,8 @@ class Appender:
         Raises ``StorageUnavailable`` when the database cannot be reached (nothing was
         acknowledged; the same events may be retried) and ``AppendFailed`` when it refused them.
         """
+        if self._stopped:  # nobody would ever answer
+            raise StorageUnavailable("appender stopped")
         future: asyncio.Future[list[AppendResult]] = asyncio.get_running_loop().create_future()
         self._pending.append((events, future))
         self._wakeup.set()
@@ -91,7 +72,8 @@ class Appender:
                 while self._pending:
                     await self._commit(self._take_batch())
         finally:
-            # Shutting down: whoever still waits gets a clear "try again", not a hang.
+            # Shutting down (or a bug): whoever still waits gets a clear "try again", not a hang.
+            self._stopped = True
             pending, self._pending = self._pending, []
             self._fail(pending, StorageUnavailable("appender stopped"))
 
@@ -122,7 +104,7 @@ class Appender:
             if cancelling():
                 self._fail(requests, StorageUnavailable("appender stopped"))
                 raise asyncio.CancelledError from error
-            if isinstance(error, UNAVAILABLE_ERRORS):
+            if is_unavailable(error):
                 log.warning("append.unavailable", error=type(error).__name__, events=len(events))
                 self._fail(requests, StorageUnavailable(type(error).__name__))
             elif len(requests) > 1:

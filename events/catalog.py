@@ -6,7 +6,8 @@ native ``workflow_run``/``workflow_job`` deliveries, ``github-<event>`` for othe
 
 from __future__ import annotations
 
-from typing import Final, Literal
+import re
+from typing import Final
 
 from events.models import StreamId
 
@@ -20,9 +21,9 @@ GITHUB_OTHER: Final = "github.other"
 
 JOB_EVENT_TYPES: Final = frozenset({STATUS_REPORTED, HEARTBEAT_RECORDED, TIMED_OUT})
 
-Status = Literal[
-    "queued", "provisioning", "running", "heartbeat", "succeeded", "failed", "cancelled"
-]
+# What a job id may be: it names a stream and appears in URLs and logs.
+JOB_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
 STATUSES: Final[frozenset[str]] = frozenset(
     {"queued", "provisioning", "running", "heartbeat", "succeeded", "failed", "cancelled"}
 )

@@ -18,11 +18,11 @@ import decimal
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from events.models import RecordedEvent
+from events.models import NewEvent, RecordedEvent, format_timestamp
 
 GENESIS_HASH = bytes(32)
 
@@ -54,11 +54,6 @@ def canonical_json(value: Any) -> bytes:
     return text.encode("utf-8")
 
 
-def format_timestamp(moment: datetime) -> str:
-    """A fixed-width UTC timestamp with microseconds, as hashed and as stored in metadata."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def body_digest(
     *,
     event_id: UUID,
@@ -82,6 +77,19 @@ def body_digest(
     return hashlib.sha256(canonical_json(body)).digest()
 
 
+def event_digest(event: NewEvent | RecordedEvent) -> bytes:
+    """``body_digest`` of an event, new or recorded."""
+    return body_digest(
+        event_id=event.event_id,
+        stream_id=event.stream_id,
+        type=event.type,
+        version=event.version,
+        data=event.data,
+        metadata=event.metadata,
+        received_at=event.received_at,
+    )
+
+
 def chain_hash(prev_hash: bytes, stream_position: int, digest: bytes) -> bytes:
     """Link one event to its predecessor in the stream."""
     return hashlib.sha256(prev_hash + stream_position.to_bytes(8, "big") + digest).digest()
@@ -96,15 +104,7 @@ def check_chain(events: Sequence[RecordedEvent]) -> list[bool]:
     ok: list[bool] = []
     prev_hash, prev_position = GENESIS_HASH, 0
     for event in events:
-        digest = body_digest(
-            event_id=event.event_id,
-            stream_id=event.stream_id,
-            type=event.type,
-            version=event.version,
-            data=event.data,
-            metadata=event.metadata,
-            received_at=event.received_at,
-        )
+        digest = event_digest(event)
         ok.append(
             event.prev_hash == prev_hash
             and event.stream_position == prev_position + 1

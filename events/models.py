@@ -8,12 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NewType
 from uuid import UUID, uuid4
 
 StreamId = NewType("StreamId", str)
 JsonObject = Mapping[str, Any]
+
+
+def format_timestamp(moment: datetime) -> str:
+    """A fixed-width UTC timestamp with microseconds: how every time is hashed, stored in
+    metadata and shown (``2026-11-27T10:00:00.123456Z``)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,3 +64,16 @@ class RecordedEvent:
     received_at: datetime
     prev_hash: bytes
     hash: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        """The event as the read API and the CLI show it (JSON-ready values only)."""
+        return {
+            "position": self.position,
+            "stream_position": self.stream_position,
+            "event_id": str(self.event_id),
+            "type": self.type,
+            "version": self.version,
+            "received_at": format_timestamp(self.received_at),
+            "data": self.data,
+            "metadata": self.metadata,
+        }

@@ -1,8 +1,9 @@
 -- name: lock_appends --
+-- $1 the append lock, $2 the events channel (events/locks.py).
 -- Transaction-scoped: released by COMMIT or ROLLBACK, after the transaction became visible.
 -- The NOTIFY is only a wake-up hint for projectors; it is delivered at commit, and not at all
 -- on rollback.
-SELECT pg_advisory_xact_lock(7413690201), pg_notify('jobtrail_events', '')
+SELECT pg_advisory_xact_lock($1), pg_notify($2, '')
 
 -- name: read_heads_and_keys --
 SELECT stream_id, version, last_hash, NULL::text AS key, NULL::uuid AS event_id,

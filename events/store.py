@@ -23,14 +23,17 @@ idempotency key seen before answers with the first event instead of a new one.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from events.hashing import GENESIS_HASH, body_digest, chain_hash
+from events.errors import translate
+from events.hashing import GENESIS_HASH, chain_hash, event_digest
+from events.locks import APPEND_LOCK, EVENTS_CHANNEL
 from events.models import AppendResult, NewEvent, RecordedEvent, StreamId
 from events.sql import load_queries
 
@@ -38,6 +41,20 @@ Q = load_queries("events")
 
 # What a function that "takes a connection" accepts: a plain one or one borrowed from a pool.
 Connection: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any]"
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    pool: asyncpg.Pool[Any], *, acquire_timeout: float | None = None
+) -> AsyncIterator[Connection]:
+    """Borrow a connection from ``pool`` for one unit of work.
+
+    Errors that mean the database is unreachable, while acquiring or inside the block, leave as
+    ``StorageUnavailable`` (see ``events.errors``); every reader goes through here.
+    """
+    with translate():
+        async with pool.acquire(timeout=acquire_timeout) as conn:
+            yield conn
 
 
 async def register_codecs(conn: asyncpg.Connection[Any]) -> None:
@@ -56,19 +73,8 @@ async def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[Appe
     """
     if not conn.is_in_transaction():
         raise RuntimeError("append_batch needs a transaction")
-    digests = [
-        body_digest(
-            event_id=e.event_id,
-            stream_id=e.stream_id,
-            type=e.type,
-            version=e.version,
-            data=e.data,
-            metadata=e.metadata,
-            received_at=e.received_at,
-        )
-        for e in batch
-    ]
-    await conn.execute(Q["lock_appends"])
+    digests = [event_digest(e) for e in batch]
+    await conn.execute(Q["lock_appends"], APPEND_LOCK, EVENTS_CHANNEL)
 
     stream_ids = list({e.stream_id for e in batch})
     keys = list({e.idempotency_key for e in batch if e.idempotency_key is not None})

@@ -1,14 +1,21 @@
-"""What the projector needs to know about a read model.
+"""What the projector needs to know about a read model, declared once.
 
 A read model is a pure fold, ``apply(state, event) -> state``, over the events that concern one
-key (a job id), plus the SQL that loads and saves its rows. The live projector, the replay and
-``verify`` run the same fold, which is what makes a rebuild equal to the live tables.
+key (a job id), and a frozen dataclass whose fields are its table's columns, in order. The SQL
+that loads and saves its rows is derived from those fields, so adding a column is a change to
+the dataclass plus its migration (``tests/integration/test_projection_tables.py`` checks that
+they agree). The live projector, the replay and ``verify`` run the same fold, which is what
+makes a rebuild equal to the live tables.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from datetime import datetime
+from operator import attrgetter
 from typing import Any, Generic, TypeVar
 
 import asyncpg
@@ -17,19 +24,71 @@ from events.models import RecordedEvent
 
 S = TypeVar("S")
 
+# How a field's Python type is stored; ``X | None`` is stored as X, nullable.
+PG_TYPES: dict[type, str] = {str: "text", int: "bigint", datetime: "timestamptz", bool: "boolean"}
 
-@dataclass(frozen=True)
+
+def quoted(name: str) -> str:
+    if not name.isidentifier():  # names come from dataclass fields; this only guards quoting
+        raise ValueError(f"not an SQL identifier: {name!r}")
+    return f'"{name}"'
+
+
+def _columns(state_type: type[Any]) -> tuple[tuple[str, str, bool], ...]:
+    """(name, PostgreSQL type, nullable) for each field of ``state_type``, in order."""
+    hints = typing.get_type_hints(state_type)
+    columns = []
+    for f in dataclasses.fields(state_type):
+        hint, nullable = hints[f.name], False
+        if isinstance(hint, types.UnionType):
+            [hint] = [a for a in typing.get_args(hint) if a is not type(None)]
+            nullable = True
+        columns.append((f.name, PG_TYPES[hint], nullable))
+    return tuple(columns)
+
+
+@dataclasses.dataclass(frozen=True)
 class Projection(Generic[S]):
-    """A read model: its name (also its table and checkpoint), fold and row mapping."""
+    """A read model: its name (also its table and checkpoint), key column, state type and fold.
+
+    ``state_type`` is a dataclass whose first field is the key; its fields are the columns.
+    """
 
     name: str
-    columns: tuple[str, ...]
+    state_type: type[S]
     key_of: Callable[[RecordedEvent], str | None]
     apply: Callable[[S | None, RecordedEvent], S]
-    to_row: Callable[[S], tuple[Any, ...]]
-    from_row: Callable[[asyncpg.Record], S]
-    load_sql: str
-    upsert_sql: str
+    schema: tuple[tuple[str, str, bool], ...] = dataclasses.field(init=False)
+    load_sql: str = dataclasses.field(init=False)
+    upsert_sql: str = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        schema = _columns(self.state_type)
+        table, key = quoted(self.name), quoted(schema[0][0])
+        names = [quoted(name) for name, _, _ in schema]
+        arrays = [f"${i}::{pg_type}[]" for i, (_, pg_type, _) in enumerate(schema, 1)]
+        updates = [f"{n} = excluded.{n}" for n in names[1:]]
+        set_ = object.__setattr__  # frozen: derived fields are set once, here
+        set_(self, "schema", schema)
+        set_(self, "load_sql", f"SELECT {', '.join(names)} FROM {table} WHERE {key} = any($1)")
+        set_(
+            self,
+            "upsert_sql",
+            f"INSERT INTO {table} ({', '.join(names)})"
+            f" SELECT * FROM unnest({', '.join(arrays)})"
+            f" ON CONFLICT ({key}) DO UPDATE SET {', '.join(updates)}",
+        )
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(name for name, _, _ in self.schema)
+
+    def to_row(self, state: S) -> tuple[Any, ...]:
+        row: tuple[Any, ...] = attrgetter(*self.columns)(state)
+        return row
+
+    def from_row(self, row: asyncpg.Record) -> S:
+        return self.state_type(*row.values())
 
     def fold(self, states: dict[str, S], event: RecordedEvent) -> str | None:
         """Apply ``event`` to the state it concerns, in ``states``; return that key, if any."""

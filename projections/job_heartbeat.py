@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
-from operator import attrgetter
-
-import asyncpg
 
 from events.catalog import HEARTBEAT_RECORDED
 from events.models import RecordedEvent
 from projections.base import Projection
-from projections.sql import Q
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,9 +16,6 @@ class JobHeartbeat:
     last_heartbeat_at: datetime
     heartbeat_count: int
     first_heartbeat_at: datetime
-
-
-COLUMNS = tuple(f.name for f in fields(JobHeartbeat))
 
 
 def heartbeat_key(event: RecordedEvent) -> str | None:
@@ -41,17 +34,4 @@ def apply(beat: JobHeartbeat | None, event: RecordedEvent) -> JobHeartbeat:
     return replace(beat, last_heartbeat_at=at, heartbeat_count=beat.heartbeat_count + 1)
 
 
-def _from_row(row: asyncpg.Record) -> JobHeartbeat:
-    return JobHeartbeat(**dict(row))
-
-
-PROJECTION: Projection[JobHeartbeat] = Projection(
-    name="job_heartbeat",
-    columns=COLUMNS,
-    key_of=heartbeat_key,
-    apply=apply,
-    to_row=attrgetter(*COLUMNS),
-    from_row=_from_row,
-    load_sql=Q["load_job_heartbeat"],
-    upsert_sql=Q["upsert_job_heartbeat"],
-)
+PROJECTION = Projection("job_heartbeat", JobHeartbeat, key_of=heartbeat_key, apply=apply)

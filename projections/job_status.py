@@ -13,12 +13,9 @@ Rules, in the order they are checked for each event of a job's stream:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
-from operator import attrgetter
 from typing import Any
-
-import asyncpg
 
 from events.catalog import (
     HEARTBEAT_RECORDED,
@@ -31,7 +28,6 @@ from events.catalog import (
 )
 from events.models import RecordedEvent
 from projections.base import Projection
-from projections.sql import Q
 
 _RANK = {"queued": 0, "provisioning": 1, "running": 2}
 
@@ -55,7 +51,6 @@ class JobStatus:
     late_event_count: int
 
 
-COLUMNS = tuple(f.name for f in fields(JobStatus))
 _IDENTITY = ("run_id", "run_attempt", "agent_id", "region", "message", "error")
 
 
@@ -131,17 +126,4 @@ def apply(job: JobStatus | None, event: RecordedEvent) -> JobStatus:
     return replace(job, status=status, **changes)
 
 
-def _from_row(row: asyncpg.Record) -> JobStatus:
-    return JobStatus(**dict(row))
-
-
-PROJECTION: Projection[JobStatus] = Projection(
-    name="job_status",
-    columns=COLUMNS,
-    key_of=job_key,
-    apply=apply,
-    to_row=attrgetter(*COLUMNS),
-    from_row=_from_row,
-    load_sql=Q["load_job_status"],
-    upsert_sql=Q["upsert_job_status"],
-)
+PROJECTION = Projection("job_status", JobStatus, key_of=job_key, apply=apply)

@@ -43,7 +43,7 @@ async def list_jobs(
     threshold = now - timedelta(seconds=stale_after_s)
     created_at, job_id = after if after is not None else (None, None)
     rows = await conn.fetch(
-        Q["list_jobs"], _TERMINAL, threshold, status, stale, created_at, job_id, limit, None
+        Q["list_jobs"], _TERMINAL, threshold, status, stale, created_at, job_id, limit
     )
     return [dict(r) for r in rows]
 
@@ -52,9 +52,7 @@ async def get_job(
     conn: Connection, job_id: str, *, now: datetime, stale_after_s: float
 ) -> Job | None:
     threshold = now - timedelta(seconds=stale_after_s)
-    row = await conn.fetchrow(
-        Q["list_jobs"], _TERMINAL, threshold, None, None, None, None, 1, job_id
-    )
+    row = await conn.fetchrow(Q["get_job"], _TERMINAL, threshold, job_id)
     return dict(row) if row is not None else None
 
 

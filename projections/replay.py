@@ -13,8 +13,8 @@ from typing import Any
 
 import asyncpg
 
-from events.store import Connection, head_position, read_all
-from projections.base import AnyProjection
+from events.store import Connection, connect, head_position, read_all
+from projections.base import AnyProjection, quoted
 from projections.registry import PROJECTIONS
 from projections.sql import Q
 
@@ -52,12 +52,6 @@ async def fold_log(
     return states, last
 
 
-def _ident(name: str) -> str:
-    if not name.isidentifier():  # names come from the registry; this only guards the quoting
-        raise ValueError(f"not a table name: {name!r}")
-    return f'"{name}"'
-
-
 async def rebuild(
     pool: asyncpg.Pool[Any],
     projections: Sequence[AnyProjection] = PROJECTIONS,
@@ -65,13 +59,13 @@ async def rebuild(
     progress: Progress | None = None,
 ) -> int:
     """Rebuild ``projections`` from position 0 and swap them in; return the last position."""
-    async with pool.acquire() as conn, conn.transaction():
+    async with connect(pool) as conn, conn.transaction():
         await conn.fetch(Q["lock_checkpoints"], [p.name for p in projections])
         states, last = await fold_log(conn, projections, progress=progress)
         for projection in projections:
             table, aside = projection.name, f"{projection.name}_rebuild"
-            await conn.execute(f"DROP TABLE IF EXISTS {_ident(aside)}")
-            await conn.execute(f"CREATE TABLE {_ident(aside)} (LIKE {_ident(table)} INCLUDING ALL)")
+            await conn.execute(f"DROP TABLE IF EXISTS {quoted(aside)}")
+            await conn.execute(f"CREATE TABLE {quoted(aside)} (LIKE {quoted(table)} INCLUDING ALL)")
             await conn.copy_records_to_table(
                 aside,
                 records=[projection.to_row(s) for s in states[projection.name].values()],
@@ -82,11 +76,11 @@ async def rebuild(
                 " AND tablename = $1",
                 aside,
             )
-            await conn.execute(f"DROP TABLE {_ident(table)}")
-            await conn.execute(f"ALTER TABLE {_ident(aside)} RENAME TO {_ident(table)}")
+            await conn.execute(f"DROP TABLE {quoted(table)}")
+            await conn.execute(f"ALTER TABLE {quoted(aside)} RENAME TO {quoted(table)}")
             for row in indexes:
                 index = row["indexname"]
                 renamed = table + index.removeprefix(aside)
-                await conn.execute(f"ALTER INDEX {_ident(index)} RENAME TO {_ident(renamed)}")
+                await conn.execute(f"ALTER INDEX {quoted(index)} RENAME TO {quoted(renamed)}")
             await conn.execute(Q["save_checkpoints"], [table], [last])
         return last

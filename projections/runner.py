@@ -20,16 +20,15 @@ from typing import Any
 import asyncpg
 import structlog
 
-from events.appender import UNAVAILABLE_ERRORS, cancelling
+from events.errors import StorageUnavailable, cancelling, translate
+from events.locks import EVENTS_CHANNEL
 from events.models import RecordedEvent
-from events.store import Connection, read_all
+from events.store import Connection, connect, read_all
 from projections.base import AnyProjection
 from projections.registry import PROJECTIONS
 from projections.sql import Q
 
 log = structlog.get_logger(component="projector")
-
-NOTIFY_CHANNEL = "jobtrail_events"
 
 # Awaited inside the batch transaction after the rows are written and before the checkpoint
 # moves: tests use it to kill the projector at the worst moment.
@@ -58,7 +57,7 @@ async def apply_batch(
         keys = {k for e in mine if (k := projection.key_of(e)) is not None}
         if keys:
             rows = await conn.fetch(projection.load_sql, list(keys))
-            states = {r["job_id"]: projection.from_row(r) for r in rows}
+            states = {r[0]: projection.from_row(r) for r in rows}
             for event in mine:
                 projection.fold(states, event)
             columns = zip(*(projection.to_row(states[k]) for k in keys), strict=True)
@@ -93,14 +92,11 @@ class Projector:
         self._on_commit = on_commit
         self._wakeup = asyncio.Event()
 
-    def wake(self) -> None:
-        self._wakeup.set()
-
     async def catch_up(self) -> int:
         """Apply batches until no new events are left; return how many events were read."""
         total = 0
         while True:
-            async with self._pool.acquire() as conn, conn.transaction():
+            async with connect(self._pool) as conn, conn.transaction():
                 count, changed = await apply_batch(
                     conn,
                     self._projections,
@@ -120,21 +116,21 @@ class Projector:
             except Exception as error:
                 if cancelling():
                     raise asyncio.CancelledError from error
-                if isinstance(error, UNAVAILABLE_ERRORS):
-                    log.warning("projector.storage_unavailable", error=type(error).__name__)
+                if isinstance(error, StorageUnavailable):
+                    log.warning("projector.storage_unavailable", error=str(error))
                 else:
                     # The batch rolled back whole; the next try starts from the checkpoint.
                     log.exception("projector.batch_failed")
             await asyncio.sleep(self._poll_interval)
 
     async def _listen_and_apply(self) -> None:
-        async with self._pool.acquire() as listener:
+        async with connect(self._pool) as listener:
             lost = asyncio.Event()
 
             def on_termination(_conn: object) -> None:
                 lost.set()
 
-            await listener.add_listener(NOTIFY_CHANNEL, self._notified)
+            await listener.add_listener(EVENTS_CHANNEL, self._notified)
             listener.add_termination_listener(on_termination)
             try:
                 while not lost.is_set():
@@ -146,8 +142,8 @@ class Projector:
                 listener.remove_termination_listener(on_termination)
                 # The connection may already be dead (that may be why we are leaving): a
                 # failing clean-up must not replace the error, or a cancellation, in flight.
-                with contextlib.suppress(*UNAVAILABLE_ERRORS):
-                    await listener.remove_listener(NOTIFY_CHANNEL, self._notified)
+                with contextlib.suppress(StorageUnavailable), translate():
+                    await listener.remove_listener(EVENTS_CHANNEL, self._notified)
 
     def _notified(self, *_args: object) -> None:
         self._wakeup.set()

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,20 +19,20 @@ import asyncpg
 from aiohttp import web
 from pydantic import SecretStr, ValidationError
 
+from devdb import EmbeddedPostgres, EmbeddedPostgresError
 from events.catalog import JOB_STATUSES, job_stream
+from events.errors import StorageUnavailable, translate
 from events.hashing import check_chain
-from events.store import read_stream, register_codecs
+from events.store import connect, read_stream, register_codecs
 from projections import reads
 from projections.registry import PROJECTIONS
 from projections.replay import rebuild
 from service.app import create_app
 from service.credentials import ensure_credentials
-from service.embedded_pg import EmbeddedPostgres, EmbeddedPostgresError
 from service.jsonio import dumps
 from service.logconfig import configure_logging
 from service.migrate import migrate
-from service.read_api import event_json
-from service.settings import Settings
+from service.settings import Settings, serve_flags
 
 EXIT_OK, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
 
@@ -41,30 +41,11 @@ class CliError(Exception):
     """A usage or connection problem: printed without a trace, exit 2."""
 
 
-# Each setting's flag, for ``serve``: (flag, field, type, help).
-_SERVE_FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
-    ("--database-url", "database_url", str, "libpq DSN (DATABASE_URL)"),
-    ("--data-dir", "data_dir", str, "embedded database and generated secrets (JOBTRAIL_DATA_DIR)"),
-    ("--host", "host", str, "listen address (JOBTRAIL_HOST)"),
-    ("--port", "port", int, "listen port (JOBTRAIL_PORT)"),
-    ("--callback-secret", "callback_secret", str, "HMAC secret for callbacks"),
-    ("--callback-secrets", "callback_secrets", str, "extra accepted secrets, comma-separated"),
-    ("--webhook-secret", "webhook_secret", str, "GitHub webhook secret"),
-    ("--read-tokens", "read_tokens", str, "read API bearer tokens, comma-separated"),
-    ("--signature-tolerance-s", "signature_tolerance_s", int, "max clock skew, seconds"),
-    ("--accept-legacy-signatures", "accept_legacy_signatures", str, "true or false"),
-    ("--max-body-bytes", "max_body_bytes", int, "larger bodies get 413"),
-    ("--stale-after-s", "stale_after_s", float, "heartbeat age that marks a job stale"),
-    ("--timeout-after-s", "timeout_after_s", float, "silence before the watchdog times out"),
-    ("--log-format", "log_format", str, "console or json"),
-]
-
-
 def _load_settings(args: argparse.Namespace) -> Settings:
     overrides = {
-        field: getattr(args, field)
-        for _, field, _, _ in _SERVE_FLAGS
-        if getattr(args, field, None) is not None
+        flag.field: getattr(args, flag.field)
+        for flag in serve_flags()
+        if getattr(args, flag.field, None) is not None
     }
     try:
         return Settings(**overrides)
@@ -99,9 +80,11 @@ def _database(settings: Settings) -> Iterator[str]:
 @contextlib.asynccontextmanager
 async def _pool(dsn: str) -> AsyncIterator[asyncpg.Pool[Any]]:
     try:
-        pool = await asyncpg.create_pool(dsn, init=register_codecs, min_size=1, max_size=4)
-    except (OSError, asyncpg.PostgresError) as error:
-        raise CliError(f"cannot connect to PostgreSQL: {type(error).__name__}: {error}") from None
+        with translate():
+            pool = await asyncpg.create_pool(dsn, init=register_codecs, min_size=1, max_size=4)
+    except (StorageUnavailable, asyncpg.PostgresError) as error:
+        cause = error.__cause__ or error
+        raise CliError(f"cannot connect to PostgreSQL: {type(cause).__name__}: {cause}") from None
     try:
         yield pool
     finally:
@@ -156,7 +139,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _migrate(dsn: str) -> list[str]:
-    async with _pool(dsn) as pool, pool.acquire() as conn:
+    async with _pool(dsn) as pool, connect(pool) as conn:
         return [f"{m.version:04d}_{m.name}" for m in await migrate(conn)]
 
 
@@ -172,10 +155,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 async def _history(dsn: str, job_id: str) -> list[dict[str, Any]]:
-    async with _pool(dsn) as pool, pool.acquire() as conn:
+    async with _pool(dsn) as pool, connect(pool) as conn:
         events = await read_stream(conn, job_stream(job_id))
     return [
-        {**event_json(event), "hash_ok": ok}
+        {**event.to_json(), "hash_ok": ok}
         for event, ok in zip(events, check_chain(events), strict=True)
     ]
 
@@ -192,7 +175,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         rows = [
             (
                 str(e["position"]),
-                dumps(e["received_at"]).strip('"'),
+                e["received_at"],
                 e["type"],
                 str(e["data"].get("status", "")),
                 str(e["metadata"].get("scheme", "")),
@@ -212,7 +195,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 async def _jobs(dsn: str, settings: Settings, status: str | None, stale: bool) -> list[Any]:
     now = datetime.now(UTC)
     jobs: list[Any] = []
-    async with _pool(dsn) as pool, pool.acquire() as conn:
+    async with _pool(dsn) as pool, connect(pool) as conn:
         after = None
         while True:
             page = await reads.list_jobs(
@@ -332,8 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the HTTP service and the projector")
-    for flag, field, kind, help_text in _SERVE_FLAGS:
-        serve.add_argument(flag, dest=field, type=kind, help=help_text)
+    for flag in serve_flags():
+        serve.add_argument(flag.flag, dest=flag.field, type=flag.type, help=flag.help)
     serve.set_defaults(handler=cmd_serve)
 
     commands.add_parser("migrate", help="apply pending schema migrations").set_defaults(
@@ -366,6 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args)
     except CliError as error:
         print(f"jobtrail: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except StorageUnavailable as error:
+        print(f"jobtrail: lost the connection to PostgreSQL ({error})", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_OK

@@ -38,4 +38,11 @@ class ApiError(Exception):
 def json_response(
     body: Any, *, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> web.Response:
-    return web.json_response(body, status=status, headers=headers, dumps=dumps)
+    """``body`` as JSON. A string that UTF-8 cannot carry (a lone surrogate from hostile input)
+    is sent with that character replaced: a response must render whatever the request was."""
+    text = dumps(body)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:
+        data = text.encode("utf-8", "replace")
+    return web.Response(body=data, status=status, headers=headers, content_type="application/json")

@@ -25,8 +25,7 @@ from events.catalog import (
     github_stream,
     job_stream,
 )
-from events.hashing import format_timestamp
-from events.models import NewEvent
+from events.models import NewEvent, format_timestamp
 from service.errors import ApiError, json_response
 from service.keys import appender_key, keyring_key, settings_key
 from service.payloads import PayloadError, parse_callback, parse_json

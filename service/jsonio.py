@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from events.hashing import format_timestamp
+from events.models import format_timestamp
 
 
 def _default(value: Any) -> Any:

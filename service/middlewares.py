@@ -11,7 +11,6 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from events.appender import UNAVAILABLE_ERRORS
 from events.errors import StorageUnavailable
 from service.errors import ApiError, json_response
 from service.keys import read_tokens_key
@@ -20,10 +19,7 @@ log = structlog.get_logger(component="http")
 
 # Routes that answer without a token: ops endpoints, the API description, and the webhook
 # receiver (which checks signatures instead).
-PUBLIC_PATHS = frozenset(
-    {"/healthz", "/readyz", "/metrics", "/api/openapi.json", "/api/webhooks/github"}
-)
-_UNAVAILABLE: tuple[type[BaseException], ...] = (StorageUnavailable, *UNAVAILABLE_ERRORS)
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/api/webhooks/github"})
 # Seconds a client should wait before retrying while PostgreSQL is unreachable.
 RETRY_AFTER_S = "5"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -58,7 +54,7 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
         return await handler(request)
     except ApiError as error:
         return error.response()
-    except _UNAVAILABLE:
+    except StorageUnavailable:
         log.warning("request.storage_unavailable")
         return json_response(
             {"error": "Storage unavailable"},

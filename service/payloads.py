@@ -24,7 +24,7 @@ from pydantic import (
     field_validator,
 )
 
-from events.catalog import STATUS_ALIASES, STATUSES, normalise_status
+from events.catalog import JOB_ID, STATUS_ALIASES, STATUSES, normalise_status
 
 MAX_DEPTH = 32
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -76,7 +76,8 @@ def _check_values(value: Any) -> None:
             raise PayloadError([_detail(f"nested deeper than {MAX_DEPTH} levels", loc)])
         if isinstance(item, dict):
             for key, child in item.items():
-                _check_string(key, (*loc, key))
+                # A bad key is reported at its object: echoing it back could not be encoded.
+                _check_string(key, loc, "object key")
                 stack.append((child, (*loc, key)))
         elif isinstance(item, list):
             stack.extend((child, (*loc, i)) for i, child in enumerate(item))
@@ -90,18 +91,13 @@ def _check_values(value: Any) -> None:
             raise PayloadError([_detail("integer outside 0..2^53-1", loc)])
 
 
-def _check_integer(number: int, loc: tuple[str | int, ...]) -> None:
-    if not 0 <= number <= MAX_SAFE_INTEGER:
-        raise PayloadError([_detail("integer outside 0..2^53-1", loc)])
-
-
-def _check_string(text: str, loc: tuple[str | int, ...]) -> None:
+def _check_string(text: str, loc: tuple[str | int, ...], what: str = "string") -> None:
     if "\x00" in text:
-        raise PayloadError([_detail("NUL character in string", loc)])
+        raise PayloadError([_detail(f"NUL character in {what}", loc)])
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise PayloadError([_detail("lone surrogate in string", loc)]) from None
+        raise PayloadError([_detail(f"lone surrogate in {what}", loc)]) from None
 
 
 def parse_json(body: bytes) -> Any:
@@ -127,7 +123,7 @@ def parse_json(body: bytes) -> Any:
 
 _RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
-JobId = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
+JobId = Annotated[StrictStr, Field(pattern=f"^{JOB_ID.pattern}$")]
 ShortText = Annotated[StrictStr, Field(max_length=128)]
 LongText = Annotated[StrictStr, Field(max_length=4096)]
 SafeInt = Annotated[StrictInt, Field(ge=0, le=MAX_SAFE_INTEGER)]

@@ -8,14 +8,12 @@ import binascii
 import json
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 from aiohttp import web
 
-from events.appender import UNAVAILABLE_ERRORS
-from events.catalog import JOB_STATUSES, job_stream
-from events.models import RecordedEvent
-from events.store import read_stream
+from events.catalog import JOB_ID, JOB_STATUSES, job_stream
+from events.errors import StorageUnavailable
+from events.store import connect, read_stream
 from projections import reads
 from service.errors import ApiError, json_response
 from service.keys import pool_key, settings_key
@@ -75,7 +73,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     if status is not None and status not in JOB_STATUSES:
         raise ApiError(400, f"status must be one of {', '.join(sorted(JOB_STATUSES))}")
     limit = _int_param(request, "limit", 50, 1, MAX_LIMIT)
-    async with request.app[pool_key].acquire() as conn:
+    async with connect(request.app[pool_key]) as conn:
         jobs = await reads.list_jobs(
             conn,
             now=datetime.now(UTC),
@@ -95,7 +93,7 @@ async def _wait_for_position(request: web.Request, position: int) -> None:
     while True:
         # A connection per look, not for the whole wait: waiting readers must not starve
         # ingest (or the projector they wait for) of pool connections.
-        async with request.app[pool_key].acquire() as conn:
+        async with connect(request.app[pool_key]) as conn:
             reached = min((await reads.checkpoints(conn)).values())
         if reached >= position:
             return
@@ -104,13 +102,21 @@ async def _wait_for_position(request: web.Request, position: int) -> None:
         await asyncio.sleep(0.02)
 
 
+def _job_id(request: web.Request) -> str:
+    """The path's job id; one that no callback could have created is simply not found."""
+    job_id = request.match_info["job_id"]
+    if not JOB_ID.fullmatch(job_id):
+        raise ApiError(404, "Job not found")
+    return job_id
+
+
 async def get_job(request: web.Request) -> web.Response:
     settings = request.app[settings_key]
-    job_id = request.match_info["job_id"]
+    job_id = _job_id(request)
     if "after_position" in request.query:
         after = _int_param(request, "after_position", 0, 0, 2**63 - 1)
         await _wait_for_position(request, after)
-    async with request.app[pool_key].acquire() as conn:
+    async with connect(request.app[pool_key]) as conn:
         job = await reads.get_job(
             conn, job_id, now=datetime.now(UTC), stale_after_s=settings.stale_after_s
         )
@@ -119,26 +125,13 @@ async def get_job(request: web.Request) -> web.Response:
     return json_response(job)
 
 
-def event_json(event: RecordedEvent) -> dict[str, Any]:
-    return {
-        "position": event.position,
-        "stream_position": event.stream_position,
-        "event_id": event.event_id,
-        "type": event.type,
-        "version": event.version,
-        "received_at": event.received_at,
-        "data": event.data,
-        "metadata": event.metadata,
-    }
-
-
 async def job_events(request: web.Request) -> web.Response:
-    job_id = request.match_info["job_id"]
-    async with request.app[pool_key].acquire() as conn:
+    job_id = _job_id(request)
+    async with connect(request.app[pool_key]) as conn:
         events = await read_stream(conn, job_stream(job_id))
     if not events:
         raise ApiError(404, "Job not found")
-    return json_response({"events": [event_json(e) for e in events]})
+    return json_response({"events": [e.to_json() for e in events]})
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -147,9 +140,9 @@ async def healthz(_request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     try:
-        async with request.app[pool_key].acquire(timeout=2) as conn:
+        async with connect(request.app[pool_key], acquire_timeout=2) as conn:
             pending = await pending_migrations(conn)
-    except UNAVAILABLE_ERRORS:
+    except StorageUnavailable:
         return json_response(
             {"status": "unavailable", "reason": "database unreachable"}, status=503
         )

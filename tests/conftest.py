@@ -13,27 +13,20 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from devdb import EmbeddedPostgres
 from events.store import register_codecs
 from service.app import create_app
-from service.embedded_pg import EmbeddedPostgres
 from service.migrate import migrate
 from service.settings import Settings
-from tests.helpers import CALLBACK_SECRET, READ_TOKEN, ROTATED_SECRET
+from tests.helpers import CALLBACK_SECRET, READ_TOKEN, ROTATED_SECRET, with_database
 
 AiohttpClient = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
-
-
-def with_database(dsn: str, name: str) -> str:
-    """The same server, another database."""
-    parts = urlsplit(dsn)
-    return urlunsplit(parts._replace(path="/" + name))
 
 
 @pytest.fixture(scope="session")

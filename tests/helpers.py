@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import asyncpg
@@ -70,6 +76,11 @@ async def wait_for_projection(pool: asyncpg.Pool[Any], within_s: float = 10.0) -
         await asyncio.sleep(0.02)
 
 
+def with_database(dsn: str, name: str) -> str:
+    """The same server, another database."""
+    return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -102,3 +113,78 @@ async def running(*coroutines: Coroutine[Any, Any, None]) -> AsyncIterator[None]
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+# Environment that would configure a served jobtrail behind a test's back.
+_SERVE_CONFIG_PREFIXES = ("DATABASE_URL", "TEST_DATABASE_URL", "JOBTRAIL_", "GITHUB_")
+
+
+@dataclass(frozen=True)
+class Served:
+    """A running ``jobtrail serve``: its base URL and log file."""
+
+    base: str
+    port: int
+    log: Path
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@contextlib.asynccontextmanager
+async def serve_jobtrail(
+    database_url: str, workdir: Path, *, env: Mapping[str, str] | None = None
+) -> AsyncIterator[Served]:
+    """A real ``jobtrail serve`` subprocess on a free 127.0.0.1 port, on ``database_url``.
+
+    Configured with ``CALLBACK_SECRET`` (plus ``ROTATED_SECRET``) and ``READ_TOKEN`` unless
+    ``env`` says otherwise; ready (``/readyz`` 200) when the block starts; stopped with SIGINT,
+    as Ctrl-C would, when it ends. Its stdout and stderr go to ``workdir/serve-<port>.log``.
+    """
+    port = free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(_SERVE_CONFIG_PREFIXES)}
+    full_env.update(
+        DATABASE_URL=database_url,
+        JOBTRAIL_DATA_DIR=str(workdir / "jobtrail-data"),
+        GITHUB_CALLBACK_SECRET=CALLBACK_SECRET,
+        JOBTRAIL_CALLBACK_SECRETS=ROTATED_SECRET,
+        JOBTRAIL_READ_TOKENS=READ_TOKEN,
+        JOBTRAIL_LOG_FORMAT="json",
+    )
+    full_env.update(env or {})
+    log = workdir / f"serve-{port}.log"
+    with log.open("ab") as log_file:
+        proc = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "jobtrail"),
+            "serve",
+            "--port",
+            str(port),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            env=full_env,
+            cwd=workdir,
+        )
+    served = Served(f"http://127.0.0.1:{port}", port, log)
+    try:
+        deadline = time.monotonic() + 60
+        async with aiohttp.ClientSession() as session:
+            while True:
+                if proc.returncode is not None:
+                    raise AssertionError(f"serve exited {proc.returncode}: {served.logs()}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"serve never became ready: {served.logs()}")
+                with contextlib.suppress(aiohttp.ClientConnectionError):
+                    async with session.get(f"{served.base}/readyz") as response:
+                        if response.status == 200:
+                            break
+                await asyncio.sleep(0.05)
+        yield served
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()

@@ -24,11 +24,13 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from service.embedded_pg import CLUSTERS_ROOT, SYSTEM_ROOT, EmbeddedPostgres
+from devdb import EmbeddedPostgres
+from devdb.binaries import SYSTEM_ROOT
+from devdb.layout import CLUSTERS_ROOT
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 _CONFIG_PREFIXES = ("DATABASE_URL", "TEST_DATABASE_URL", "JOBTRAIL_", "GITHUB_")
 
@@ -43,13 +45,11 @@ TEST_SERVER_SCRIPT = textwrap.dedent(
 
     import asyncpg
 
-    import service.embedded_pg
-    from service.embedded_pg import EmbeddedPostgres
+    import devdb
+    from devdb import EmbeddedPostgres
 
     here = Path.cwd().resolve()
-    assert Path(service.embedded_pg.__file__).resolve().is_relative_to(here), (
-        service.embedded_pg.__file__
-    )
+    assert Path(devdb.__file__).resolve().is_relative_to(here), devdb.__file__
 
     async def select_one(dsn):
         conn = await asyncpg.connect(dsn)

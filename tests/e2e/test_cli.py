@@ -27,7 +27,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from service.embedded_pg import EmbeddedPostgres
+from devdb import EmbeddedPostgres
 from tests.helpers import AUTH, body_of, free_port, standard_headers, wait_for_projection
 
 Client = TestClient[web.Request, web.Application]

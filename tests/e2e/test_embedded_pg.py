@@ -1,4 +1,4 @@
-"""Tests for service.embedded_pg: real servers, no mocks (hence few and marked slow)."""
+"""Tests for devdb: real servers, no mocks (hence few and marked slow)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from service.embedded_pg import CLUSTERS_ROOT, PG_OS_USER, SYSTEM_ROOT, EmbeddedPostgres
+from devdb import EmbeddedPostgres
+from devdb.binaries import PG_OS_USER, SYSTEM_ROOT
+from devdb.layout import CLUSTERS_ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -7,10 +7,11 @@ import random
 from typing import Any
 
 import asyncpg
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from tests.helpers import standard_headers
+from tests.helpers import AUTH, standard_headers
 
 Client = TestClient[web.Request, web.Application]
 URL = "/api/webhooks/github"
@@ -59,3 +60,32 @@ async def test_signed_garbage_gets_200_or_400_and_never_breaks_anything(
     async with pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM events") == accepted
     assert (await client.get("/healthz")).status == 200
+
+
+async def test_a_key_that_utf8_cannot_carry_gets_a_json_400_at_its_object(
+    client: Client, pool: asyncpg.Pool[Any]
+) -> None:
+    # A lone surrogate escaped in a key: valid JSON text, but no UTF-8 string can hold the key,
+    # so echoing it in the error body would make the response itself unencodable.
+    body = b'{"job_id":"vm-1","status":"running","details":{"\\udfff":1}}'
+    response = await client.post(URL, data=body, headers=standard_headers(body))
+    assert response.status == 400
+    assert response.content_type == "application/json"
+    answer = await response.json()
+    assert answer["error"] == "Invalid payload"
+    assert answer["details"] == [
+        {"loc": ["details"], "msg": "lone surrogate in object key", "type": "value_error"}
+    ]
+    async with pool.acquire() as conn:
+        assert await conn.fetchval("SELECT count(*) FROM events") == 0
+
+
+@pytest.mark.parametrize(
+    "path", ["/api/jobs/%00", "/api/jobs/%00/events", "/api/jobs/a%20b", f"/api/jobs/{'x' * 129}"]
+)
+async def test_a_job_id_that_cannot_exist_is_not_found_never_a_database_error(
+    client: Client, path: str
+) -> None:
+    response = await client.get(path, headers=AUTH)
+    assert response.status == 404
+    assert await response.json() == {"error": "Job not found"}

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient
 from events.catalog import TIMED_OUT, job_stream
 from events.models import NewEvent
 from events.store import append_batch
+from service.middlewares import PUBLIC_PATHS
 from service.settings import Settings
 from tests.conftest import AppClientFactory
 from tests.helpers import AUTH, READ_TOKEN, body_of, standard_headers, wait_for_projection
@@ -536,3 +537,8 @@ async def test_events_of_an_unknown_job_are_404(client: Client) -> None:
     await send(client, {"job_id": "known", "status": "queued"})
     answer = await get_json(client, "/api/jobs/unknown/events", status=404)
     assert "error" in answer
+
+
+async def test_every_path_open_without_a_token_is_a_route(client: Client) -> None:
+    routes = {resource.canonical for resource in client.app.router.resources()}
+    assert PUBLIC_PATHS.issubset(routes)

@@ -18,7 +18,7 @@ import asyncpg
 import pytest
 from pydantic import SecretStr
 
-from service.embedded_pg import EmbeddedPostgres
+from devdb import EmbeddedPostgres
 from service.migrate import migrate
 from service.settings import Settings
 from tests.conftest import AppClientFactory

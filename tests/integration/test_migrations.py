@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from service.migrate import migrate, migrations, pending_migrations
-from tests.conftest import with_database
+from tests.helpers import with_database
 
 
 @pytest.fixture

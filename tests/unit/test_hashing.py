@@ -20,9 +20,8 @@ from events.hashing import (
     canonical_json,
     chain_hash,
     check_chain,
-    format_timestamp,
 )
-from events.models import NewEvent, RecordedEvent, StreamId
+from events.models import NewEvent, RecordedEvent, StreamId, format_timestamp
 from events.store import append_batch, read_stream
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

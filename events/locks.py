@@ -1,0 +1,16 @@
+"""Every PostgreSQL advisory lock and NOTIFY channel jobtrail uses, defined once.
+
+The ids are arbitrary but must not collide with each other (or, ideally, with other
+applications sharing the database): keep them together so a new one is chosen in sight of the
+others.
+"""
+
+from typing import Final
+
+# Held (transaction-scoped) by every append transaction before it draws positions.
+APPEND_LOCK: Final = 7413690201
+# Held (transaction-scoped) while a migration is checked and applied.
+MIGRATE_LOCK: Final = 7413690202
+
+# Appenders NOTIFY here at commit; projectors LISTEN (a wake-up hint only).
+EVENTS_CHANNEL: Final = "jobtrail_events"
