@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint bench install dev clean
+.PHONY: run test lint bench install dev tools clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,19 +20,33 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
 
+# System tools of the workflow script and its lint: bash, curl, openssl (the script), shellcheck.
+SYSTEM_TOOLS := curl openssl shellcheck
+tools:
+	@missing=""; for tool in $(SYSTEM_TOOLS); do \
+	  command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  echo "installing$$missing"; \
+	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq $$missing; \
+	fi
+
 ## run: serve on http://127.0.0.1:8080 (embedded PostgreSQL unless DATABASE_URL is set)
 run: install
 	$(BIN)/jobtrail serve
 
 ## test: the whole suite against a real PostgreSQL (TEST_DATABASE_URL or a throw-away embedded one)
-test: dev
+test: dev tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## lint: ruff and mypy --strict
-lint: dev
+## lint: ruff and mypy --strict; zizmor and actionlint on the workflows; shellcheck on their scripts
+lint: dev tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/zizmor --offline --no-progress .github/workflows/
+	$(BIN)/actionlint .github/workflows/*.yml
+	shellcheck .github/scripts/*.sh
 
 ## bench: the benchmark suite; writes bench/results.json
 bench: dev
