@@ -28,6 +28,10 @@ class NewEvent:
 
     ``idempotency_key``: when set, a second event with the same key is not stored; the append
     answers with the first event's id and position instead.
+    ``expected_version``: when set, the event is stored only if its stream then holds exactly
+    that many events (0: the stream does not exist yet); otherwise the append answers with a
+    conflict and stores nothing. It is how a decision taken on a read (the watchdog's "this job
+    went silent") is dropped when the stream moved on meanwhile.
     """
 
     stream_id: StreamId
@@ -37,16 +41,21 @@ class NewEvent:
     received_at: datetime
     version: int = 1
     idempotency_key: str | None = None
+    expected_version: int | None = None
     event_id: UUID = field(default_factory=uuid4)
 
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
-    """Where an appended event landed; for a duplicate, where the first one landed."""
+    """Where an appended event landed; for a duplicate, where the first one landed.
+
+    ``conflict``: not stored, because its stream was not at the expected version (position 0).
+    """
 
     event_id: UUID
     position: int
     duplicate: bool
+    conflict: bool = False
 
 
 @dataclass(frozen=True, slots=True)

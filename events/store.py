@@ -27,6 +27,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, TypeAlias
+from uuid import UUID
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -69,7 +70,8 @@ async def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[Appe
 
     Must run inside a transaction: the append lock is held until it ends. An event whose
     idempotency key was stored before, or appears earlier in the same batch, is not stored; its
-    result repeats the first event's id and position with ``duplicate=True``.
+    result repeats the first event's id and position with ``duplicate=True``. An event whose
+    ``expected_version`` is not its stream's version is not stored either (``conflict=True``).
     """
     if not conn.is_in_transaction():
         raise RuntimeError("append_batch needs a transaction")
@@ -88,13 +90,17 @@ async def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[Appe
 
     fresh: list[tuple[NewEvent, int, bytes, bytes]] = []  # event, stream position, prev, hash
     first_in_batch: dict[str, NewEvent] = {}
+    conflicts: set[UUID] = set()
     for event, digest in zip(batch, digests, strict=True):
         key = event.idempotency_key
         if key is not None and (key in stored or key in first_in_batch):
             continue
+        version, prev_hash = heads.get(event.stream_id, (0, GENESIS_HASH))
+        if event.expected_version is not None and event.expected_version != version:
+            conflicts.add(event.event_id)
+            continue
         if key is not None:
             first_in_batch[key] = event
-        version, prev_hash = heads.get(event.stream_id, (0, GENESIS_HASH))
         link = chain_hash(prev_hash, version + 1, digest)
         heads[event.stream_id] = (version + 1, link)
         fresh.append((event, version + 1, prev_hash, link))
@@ -120,7 +126,9 @@ async def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[Appe
     results: list[AppendResult] = []
     for event in batch:
         key = event.idempotency_key
-        if key is not None and key in stored:
+        if event.event_id in conflicts:
+            results.append(AppendResult(event.event_id, 0, duplicate=False, conflict=True))
+        elif key is not None and key in stored:
             results.append(stored[key])
         elif key is not None and first_in_batch[key] is not event:
             first = first_in_batch[key]

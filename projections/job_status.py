@@ -9,6 +9,18 @@ Rules, in the order they are checked for each event of a job's stream:
 - A heartbeat never changes the status, but creates an unknown job as ``running``.
 - ``event_count`` counts every event of the stream; ``updated_at``/``last_position`` follow the
   last of them.
+
+Native GitHub ``workflow_run``/``workflow_job`` deliveries live in their run's stream; ingest
+records in their metadata which job they concern (``job_id``: the job whose callbacks carried
+the run id, else the one their title names). For that job:
+- A report about an older attempt than the job's latest is ignored (a re-run raises the attempt).
+- ``completed`` with a conclusion of cancelled, failure, startup_failure or timed_out ends a job
+  that is still live (``cancelled``, ``failed``, ``failed``, ``timed_out``), with the
+  conclusion in ``error``; like ``timed_out``, a GitHub ``timed_out`` yields to a later reported
+  terminal status. Other reports only record the run and attempt.
+- A report creates a job it names that was never heard of (queued, or ended as above). It is not
+  an event of the job's stream: ``event_count`` and ``late_event_count`` do not count it;
+  ``updated_at`` and ``last_position`` follow it.
 """
 
 from __future__ import annotations
@@ -18,6 +30,8 @@ from datetime import datetime
 from typing import Any
 
 from events.catalog import (
+    GITHUB_WORKFLOW_JOB,
+    GITHUB_WORKFLOW_RUN,
     HEARTBEAT_RECORDED,
     JOB_EVENT_TYPES,
     REPORTED_TERMINAL,
@@ -26,6 +40,7 @@ from events.catalog import (
     TIMED_OUT,
     normalise_status,
 )
+from events.github import run_report
 from events.models import RecordedEvent
 from projections.base import Projection
 
@@ -54,17 +69,23 @@ class JobStatus:
 _IDENTITY = ("run_id", "run_attempt", "agent_id", "region", "message", "error")
 
 
+_GITHUB_RUN_TYPES = {GITHUB_WORKFLOW_RUN: "workflow_run", GITHUB_WORKFLOW_JOB: "workflow_job"}
+
+
 def job_key(event: RecordedEvent) -> str | None:
     if event.type in JOB_EVENT_TYPES:
         job_id = event.data.get("job_id")
-        return job_id if isinstance(job_id, str) else None
-    return None
+    elif event.type in _GITHUB_RUN_TYPES:
+        job_id = event.metadata.get("job_id")
+    else:
+        return None
+    return job_id if isinstance(job_id, str) else None
 
 
-def _new(event: RecordedEvent, status: str) -> JobStatus:
+def _new(job_id: str, event: RecordedEvent, status: str) -> JobStatus:
     at = event.received_at
     return JobStatus(
-        job_id=event.data["job_id"],
+        job_id=job_id,
         status=status,
         created_at=at,
         updated_at=at,
@@ -90,6 +111,8 @@ def _reported(event: RecordedEvent) -> dict[str, Any]:
 def apply(job: JobStatus | None, event: RecordedEvent) -> JobStatus:
     """Fold one event of the job's stream into its status row."""
     at = event.received_at
+    if event.type in _GITHUB_RUN_TYPES:
+        return _apply_github(job, event)
     if event.type == HEARTBEAT_RECORDED:
         status = "running"
     elif event.type == TIMED_OUT:
@@ -102,7 +125,9 @@ def apply(job: JobStatus | None, event: RecordedEvent) -> JobStatus:
     if job is None:
         # Born before its first event: that event then moves it like any other (a heartbeat
         # creates it running; a job first heard of when it ends is not late).
-        job = _new(event, "running" if event.type == HEARTBEAT_RECORDED else "queued")
+        job = _new(
+            event.data["job_id"], event, "running" if event.type == HEARTBEAT_RECORDED else "queued"
+        )
     job = replace(job, event_count=job.event_count + 1, last_position=event.position, updated_at=at)
 
     if job.status in TERMINAL:
@@ -124,6 +149,29 @@ def apply(job: JobStatus | None, event: RecordedEvent) -> JobStatus:
     if status in ("provisioning", "running") and job.started_at is None:
         changes["started_at"] = at
     return replace(job, status=status, **changes)
+
+
+def _apply_github(job: JobStatus | None, event: RecordedEvent) -> JobStatus:
+    report = run_report(_GITHUB_RUN_TYPES[event.type], event.data)
+    if job is None:
+        job = _new(event.metadata["job_id"], event, "queued")
+    job = replace(job, updated_at=event.received_at, last_position=event.position)
+    if report is None:
+        return job
+    if job.run_attempt is not None and (report.run_attempt or 0) < job.run_attempt:
+        return job  # news of an attempt that a re-run has replaced
+    job = replace(job, run_id=report.run_id, run_attempt=report.run_attempt or job.run_attempt)
+    ending = report.ending_status
+    if ending is None or (job.status in TERMINAL and job.status != "timed_out"):
+        return job
+    if job.status == "timed_out" and ending == "timed_out":
+        return job
+    return replace(
+        job,
+        status=ending,
+        finished_at=event.received_at,
+        error=f"GitHub reported the workflow run {report.conclusion}",
+    )
 
 
 PROJECTION = Projection("job_status", JobStatus, key_of=job_key, apply=apply)

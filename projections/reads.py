@@ -59,3 +59,65 @@ async def get_job(
 async def checkpoints(conn: Connection) -> dict[str, int]:
     """Each projection's checkpoint: the position of the last event it has applied."""
     return {r["name"]: r["position"] for r in await conn.fetch(Q["read_checkpoints"])}
+
+
+async def job_for_run(conn: Connection, run_id: int) -> str | None:
+    """The job whose callbacks carried ``run_id`` (the first such job, if several did)."""
+    job_id: str | None = await conn.fetchval(Q["job_for_run"], run_id)
+    return job_id
+
+
+async def jobs_changed_after(
+    conn: Connection, position: int, *, now: datetime, stale_after_s: float, limit: int
+) -> list[Job]:
+    """Up to ``limit`` jobs whose last applied event is after ``position``, in that order.
+
+    Walking on from the last job's ``last_position`` misses no change: a job that changes later
+    gets a higher ``last_position`` than any visible now (see the query's comment).
+    """
+    threshold = now - timedelta(seconds=stale_after_s)
+    rows = await conn.fetch(Q["jobs_changed_after"], _TERMINAL, threshold, position, limit)
+    return [dict(r) for r in rows]
+
+
+async def list_heartbeats(
+    conn: Connection, *, now: datetime, stale_after_s: float, stale: bool | None = None
+) -> list[dict[str, Any]]:
+    """Each job's last heartbeat, most recent first, with its age in seconds at ``now``."""
+    threshold = now - timedelta(seconds=stale_after_s)
+    rows = await conn.fetch(Q["list_heartbeats"], _TERMINAL, threshold, stale)
+    return [
+        {**dict(r), "age_s": round(max(0.0, (now - r["last_heartbeat_at"]).total_seconds()), 3)}
+        for r in rows
+    ]
+
+
+# A projection is "live" while its oldest unapplied event is at most this old, "catching_up"
+# while its checkpoint keeps moving, and "stalled" when it has not moved for this long.
+LIVE_WITHIN_S = 2.0
+STALLED_AFTER_S = 30.0
+
+
+async def projection_progress(conn: Connection, *, now: datetime) -> list[dict[str, Any]]:
+    """Each projection's position, the head of the log, and how far behind it is."""
+    progress = []
+    for r in await conn.fetch(Q["projection_progress"]):
+        oldest = r["oldest_unapplied_at"]
+        lag_s = 0.0 if oldest is None else max(0.0, (now - oldest).total_seconds())
+        if lag_s <= LIVE_WITHIN_S:
+            state = "live"
+        elif (now - r["updated_at"]).total_seconds() < STALLED_AFTER_S:
+            state = "catching_up"
+        else:
+            state = "stalled"
+        progress.append(
+            {
+                "name": r["name"],
+                "position": r["position"],
+                "head_position": r["head_position"],
+                "lag_events": r["lag_events"],
+                "lag_s": round(lag_s, 3),
+                "state": state,
+            }
+        )
+    return progress

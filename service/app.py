@@ -1,7 +1,8 @@
 """The application factory: routes, middlewares, and the resources each app owns.
 
-The pool, the group-commit appender and the projector are opened by ``cleanup_ctx`` and closed
-in reverse order, so background tasks stop before the pool they use is closed.
+The pool, the group-commit appender, the projector and the watchdog are opened by
+``cleanup_ctx`` and closed in reverse order, so background tasks stop before the pool they use
+is closed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from aiohttp import web
 from events.appender import Appender
 from events.store import register_codecs
 from projections.runner import Projector
+from projections.watchdog import Watchdog
 from service import ingest, read_api
 from service.keys import (
     appender_key,
@@ -58,6 +60,9 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
     app[tasks_key] = [
         asyncio.create_task(app[appender_key].run(), name="appender"),
         asyncio.create_task(app[projector_key].run(), name="projector"),
+        asyncio.create_task(
+            Watchdog(pool, timeout_s=app[settings_key].timeout_after_s).run(), name="watchdog"
+        ),
     ]
     yield
     tasks: list[asyncio.Task[None]] = app[tasks_key]

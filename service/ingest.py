@@ -25,9 +25,12 @@ from events.catalog import (
     github_stream,
     job_stream,
 )
+from events.github import run_report
 from events.models import NewEvent, format_timestamp
+from events.store import connect
+from projections import reads
 from service.errors import ApiError, json_response
-from service.keys import appender_key, keyring_key, settings_key
+from service.keys import appender_key, keyring_key, pool_key, settings_key
 from service.payloads import PayloadError, parse_callback, parse_json
 from service.signatures import SignatureError, Verified, verify_request
 
@@ -74,7 +77,7 @@ def _callback_event(
     )
 
 
-def _github_event(
+async def _github_event(
     request: web.Request, verified: Verified, body: bytes, received_at: datetime
 ) -> NewEvent:
     event_name = verified.github_event or ""
@@ -86,16 +89,23 @@ def _github_event(
         raise PayloadError(
             [{"loc": [], "msg": "payload must be a JSON object", "type": "object_type"}]
         )
-    run = document.get(event_name) if event_name in ("workflow_run", "workflow_job") else None
-    run_id = None
-    if isinstance(run, dict):
-        candidate = run.get("run_id", run.get("id"))
-        run_id = candidate if isinstance(candidate, int) else None
+    metadata = {**_metadata(request, verified, received_at), "github_event": event_name}
+    report = run_report(event_name, document)
+    if report is not None:
+        # Which job the run belongs to is decided once, here, and kept with the event: a replay
+        # then maps it the same way whatever the projections looked like at the time.
+        async with connect(request.app[pool_key]) as conn:
+            job_id = await reads.job_for_run(conn, report.run_id)
+        match = "run_id" if job_id is not None else "title"
+        job_id = job_id or report.titled_job
+        if job_id is not None:
+            structlog.contextvars.bind_contextvars(job_id=job_id)
+            metadata |= {"job_id": job_id, "job_match": match}
     return NewEvent(
-        stream_id=github_stream(event_name, run_id),
+        stream_id=github_stream(event_name, report.run_id if report else None),
         type=_GITHUB_TYPES.get(event_name, GITHUB_OTHER),
         data=document,
-        metadata={**_metadata(request, verified, received_at), "github_event": event_name},
+        metadata=metadata,
         received_at=received_at,
         idempotency_key=verified.idempotency_key,
     )
@@ -123,7 +133,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
     received_at = datetime.now(UTC)
     try:
         if verified.scheme == "github":
-            event = _github_event(request, verified, body, received_at)
+            event = await _github_event(request, verified, body, received_at)
         else:
             event = _callback_event(request, verified, body, received_at)
     except PayloadError as error:
