@@ -17,6 +17,10 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $@ $(VENV)/.installed
 
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	@touch $@ $(VENV)/.installed-dev $(VENV)/.installed
+
 install: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
 
@@ -48,9 +52,13 @@ lint: dev tools
 	$(BIN)/actionlint .github/workflows/*.yml
 	shellcheck .github/scripts/*.sh
 
-## bench: the benchmark suite; writes bench/results.json
-bench: dev
-	$(BIN)/python -m bench
+## bench: the benchmark suite (wrk installed with apt when missing); writes bench/results.json
+bench: $(VENV)/.installed-bench
+	@command -v wrk >/dev/null 2>&1 || { \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  echo "installing wrk"; \
+	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq wrk; }
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,225 +1,115 @@
-"""``make bench``: ingest throughput of jobtrail against its ceilings, on this machine.
+"""``make bench``: jobtrail's ingest, projection lag and replay against their references.
 
-Each target is a separate server process on loopback, driven by wrk (2 threads, 64
-connections) with distinct pre-signed Standard Webhooks callbacks:
+All on this machine and one PostgreSQL server (``BENCH_DATABASE_URL``, or a fresh embedded one
+with fsync on), each target on a fresh database of its own:
 
-- ``ceiling``: an aiohttp handler that only answers 200;
-- ``naive``: signature check and validation, then one INSERT + COMMIT per request;
-- ``jobtrail``: ``jobtrail serve`` (group commit, projector running).
+1. ingest (``bench.ingest``): ``ceiling``, ``naive``, ``eventsourcing`` and ``jobtrail``, each a
+   separate server process on 127.0.0.1 driven by wrk with distinct pre-signed callbacks,
+   rounds interleaved; median and min-max of req/s and p99;
+2. lag (``bench.lag``): from an event's 200 to its visibility in ``job_status``, at half of
+   jobtrail's median ingest rate;
+3. replay (``bench.replay``): ``jobtrail replay`` of a generated log against a raw ordered
+   read of the same events, and the replay's peak RSS.
 
-The database is ``BENCH_DATABASE_URL`` or a fresh embedded PostgreSQL with fsync on. Results are
-printed and written to ``bench/results.json``.
+Prints a table and writes ``bench/results.json`` (SPEC section 11).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import asyncpg
+from bench import ingest, lag, replay, report
+from bench.common import HERE, database_server
 
-from devdb import EmbeddedPostgres
-from service.signatures import sign_standard, standard_key
-from tests.helpers import free_port, with_database
-
-HERE = Path(__file__).resolve().parent
-SECRET = "whsec_" + "YmVuY2htYXJrLXNlY3JldC1ieXRlcy0xMjM0NTY3OA=="
-TOKEN = "bench-token"
+PARTS = ("ingest", "lag", "replay")
 
 
-@contextmanager
-def database() -> Iterator[str]:
-    configured = os.environ.get("BENCH_DATABASE_URL")
-    if configured:
-        yield configured
-        return
-    with tempfile.TemporaryDirectory(prefix="jobtrail-bench-") as data_dir:
-        server = EmbeddedPostgres(Path(data_dir) / "pg")
-        try:
-            yield server.start()
-        finally:
-            server.destroy()
-
-
-async def create_database(dsn: str, name: str) -> str:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return with_database(dsn, name)
-
-
-def write_requests(path: Path, count: int) -> None:
-    key = standard_key(SECRET)
-    now = int(time.time())
-    with path.open("w", encoding="utf-8") as out:
-        for i in range(count):
-            body = json.dumps(
-                {
-                    "job_id": f"bench-{i % 5000}",
-                    "status": "heartbeat",
-                    "run_id": i,
-                    "run_attempt": 1,
-                }
-            ).encode()
-            msg_id = f"msg_{uuid.uuid4().hex}"
-            signature = sign_standard(key, msg_id, now, body)
-            out.write(f"{msg_id}\t{now}\t{signature}\t{body.decode()}\n")
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes], within_s: float = 30) -> None:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError("server did not start")
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def run_wrk(port: int, requests: Path, args: argparse.Namespace) -> dict[str, float]:
-    env = {**os.environ, "BENCH_REQUESTS": str(requests), "BENCH_THREADS": str(args.threads)}
-    result = subprocess.run(
-        [
-            "wrk",
-            f"-t{args.threads}",
-            f"-c{args.connections}",
-            f"-d{args.duration}s",
-            "--timeout",
-            "10s",
-            "-s",
-            str(HERE / "wrk_requests.lua"),
-            f"http://127.0.0.1:{port}/api/webhooks/github",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    line = next(x for x in result.stdout.splitlines() if x.startswith("JSON "))
-    raw = json.loads(line[5:])
-    return {
-        "rps": round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
-        "p50_ms": raw["p50_us"] / 1000,
-        "p99_ms": raw["p99_us"] / 1000,
-        "errors": raw["errors"] + raw["non2xx"],
-    }
-
-
-def measure(
-    name: str, command: list[str], env: dict[str, str], port: int, args: argparse.Namespace
-) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as scratch:
-        requests = Path(scratch) / "requests.tsv"
-        write_requests(requests, args.requests)
-        process = subprocess.Popen(
-            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            wait_for_port(port, process)
-            result = run_wrk(port, requests, args)
-            result["rss_mb"] = round(peak_rss_mb(process.pid), 1)
-        finally:
-            process.terminate()
-            process.wait(30)
-    print(
-        f"  {name:<10} {result['rps']:>10.0f} req/s   p50 {result['p50_ms']:.2f} ms"
-        f"   p99 {result['p99_ms']:.2f} ms   errors {result['errors']:.0f}",
-        flush=True,
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (10)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved ingest rounds (3)")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections (64)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (2)")
+    parser.add_argument(
+        "--requests", type=int, default=150_000, help="distinct signed bodies per round"
     )
-    return result
+    parser.add_argument("--lag-seconds", type=float, default=10.0, help="lag run length (10)")
+    parser.add_argument(
+        "--lag-rate", type=float, help="callbacks/s for the lag run (default: half of jobtrail's)"
+    )
+    parser.add_argument(
+        "--replay-events", type=int, default=1_000_000, help="events in the replayed log (1M)"
+    )
+    parser.add_argument(
+        "--only", default=",".join(PARTS), help="comma-separated parts: ingest,lag,replay"
+    )
+    parser.add_argument("--output", type=Path, default=HERE / "results.json")
+    args = parser.parse_args(argv)
+    args.parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = set(args.parts) - set(PARTS)
+    if unknown or not args.parts:
+        parser.error(f"--only takes some of {','.join(PARTS)}, not {args.only!r}")
+    return args
+
+
+def lag_rate(args: argparse.Namespace, dsn: str, scratch: Path, results: dict[str, Any]) -> float:
+    if args.lag_rate:
+        return float(args.lag_rate)
+    if "jobtrail" not in results.get("ingest", {}):
+        print("lag: measuring jobtrail's ingest rate first (one round)", flush=True)
+        once = argparse.Namespace(**{**vars(args), "rounds": 1})
+        results.setdefault("ingest", {}).update(ingest.run(dsn, scratch, once, ("jobtrail",)))
+    return float(results["ingest"]["jobtrail"]["rps"]) / 2
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--requests", type=int, default=150_000, help="distinct bodies")
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is not installed: apt-get install wrk")
-    python = sys.executable
-    jobtrail = str(Path(python).parent / "jobtrail")
-    results: dict[str, Any] = {"ingest": {}}
-    print(f"ingest, wrk -t{args.threads} -c{args.connections} -d{args.duration}s:")
-    with database() as dsn:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("JOBTRAIL_", "GITHUB_"))}
-        port = free_port()
-        results["ingest"]["ceiling"] = measure(
-            "ceiling",
-            [python, "-m", "bench.servers", "ceiling", "--port", str(port), "--secret", SECRET],
-            env,
-            port,
-            args,
+    args = parse_args()
+    if shutil.which("wrk") is None and {"ingest", "lag"} & set(args.parts):
+        sys.exit("wrk is not installed: make bench installs it (apt-get install wrk)")
+    started = time.monotonic()
+    results: dict[str, Any] = {}
+    with database_server() as dsn, tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        scratch = Path(tmp)
+        results["machine"] = report.machine(dsn)
+        m = results["machine"]
+        print(
+            f"PostgreSQL {m['postgres']}, fsync={m['fsync']},"
+            f" synchronous_commit={m['synchronous_commit']}; ceiling on {m['ceiling_event_loop']}",
+            flush=True,
         )
-        naive_dsn = asyncio.run(create_database(dsn, "bench_naive"))
-        port = free_port()
-        results["ingest"]["naive"] = measure(
-            "naive",
-            [
-                python,
-                "-m",
-                "bench.servers",
-                "naive",
-                "--port",
-                str(port),
-                "--dsn",
-                naive_dsn,
-                "--secret",
-                SECRET,
-            ],
-            env,
-            port,
-            args,
-        )
-        jobtrail_dsn = asyncio.run(create_database(dsn, "bench_jobtrail"))
-        port = free_port()
-        results["ingest"]["jobtrail"] = measure(
-            "jobtrail",
-            [jobtrail, "serve", "--port", str(port)],
-            {
-                **env,
-                "DATABASE_URL": jobtrail_dsn,
-                "GITHUB_CALLBACK_SECRET": SECRET,
-                "JOBTRAIL_READ_TOKENS": TOKEN,
-                "JOBTRAIL_LOG_FORMAT": "json",
-            },
-            port,
-            args,
-        )
-    ingest = results["ingest"]
-    results["rss"] = {"service_mb": ingest["jobtrail"]["rss_mb"]}
-    results["ratios"] = {
-        "jobtrail_vs_naive": round(ingest["jobtrail"]["rps"] / ingest["naive"]["rps"], 2),
-        "jobtrail_vs_ceiling": round(ingest["jobtrail"]["rps"] / ingest["ceiling"]["rps"], 2),
+        if m["fsync"] != "on":
+            print("WARNING: fsync is off on this server: commits are not durable", flush=True)
+        if "ingest" in args.parts:
+            results["ingest"] = ingest.run(dsn, scratch, args)
+        if "lag" in args.parts:
+            rate = lag_rate(args, dsn, scratch, results)
+            results["lag"] = lag.run(dsn, scratch, rate, args.lag_seconds)
+        if "replay" in args.parts:
+            results["replay"] = replay.run(dsn, scratch, args.replay_events)
+    results["rss"] = {
+        "service_mb": results.get("ingest", {}).get("jobtrail", {}).get("rss_mb"),
+        "replay_mb": results.get("replay", {}).get("rss_mb"),
     }
-    print(f"  ratios: {results['ratios']}")
-    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    results["ratios"] = report.ratios(results)
+    results["settings"] = {
+        k: getattr(args, k)
+        for k in ("duration", "rounds", "connections", "threads", "requests", "replay_events")
+    } | {"parts": args.parts, "lag_seconds": args.lag_seconds, "total_seconds": 0.0}
+    results["settings"]["total_seconds"] = round(time.monotonic() - started, 1)
+    print(report.table(results), flush=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {args.output} in {results['settings']['total_seconds']:.0f}s", flush=True)
 
 
 if __name__ == "__main__":
