@@ -95,6 +95,20 @@ def chain_hash(prev_hash: bytes, stream_position: int, digest: bytes) -> bytes:
     return hashlib.sha256(prev_hash + stream_position.to_bytes(8, "big") + digest).digest()
 
 
+def broken_links(event: RecordedEvent, prev_hash: bytes, prev_position: int) -> list[str]:
+    """The fields of ``event`` that do not follow from its predecessor in the stream (whose
+    hash and stream position are given; ``GENESIS_HASH`` and 0 for a first event): any of
+    ``stream_position``, ``prev_hash`` and ``hash`` (its body no longer matches its hash)."""
+    broken = []
+    if event.stream_position != prev_position + 1:
+        broken.append("stream_position")
+    if event.prev_hash != prev_hash:
+        broken.append("prev_hash")
+    if event.hash != chain_hash(event.prev_hash, event.stream_position, event_digest(event)):
+        broken.append("hash")
+    return broken
+
+
 def check_chain(events: Sequence[RecordedEvent]) -> list[bool]:
     """For one stream's events in stream order, whether each one's hash checks out.
 
@@ -104,11 +118,6 @@ def check_chain(events: Sequence[RecordedEvent]) -> list[bool]:
     ok: list[bool] = []
     prev_hash, prev_position = GENESIS_HASH, 0
     for event in events:
-        digest = event_digest(event)
-        ok.append(
-            event.prev_hash == prev_hash
-            and event.stream_position == prev_position + 1
-            and event.hash == chain_hash(event.prev_hash, event.stream_position, digest)
-        )
+        ok.append(not broken_links(event, prev_hash, prev_position))
         prev_hash, prev_position = event.hash, event.stream_position
     return ok

@@ -11,6 +11,9 @@ from typing import Final
 APPEND_LOCK: Final = 7413690201
 # Held (transaction-scoped) while a migration is checked and applied.
 MIGRATE_LOCK: Final = 7413690202
+# Held (session-level) by a replay from start to end: one replay at a time per database, so
+# two never build into the same aside tables (projections/replay.py).
+REPLAY_LOCK: Final = 7413690203
 
 # Appenders NOTIFY here at commit; projectors LISTEN (a wake-up hint only).
 EVENTS_CHANNEL: Final = "jobtrail_events"

@@ -60,6 +60,15 @@ SELECT position, event_id, stream_id, stream_position, type, version, data, meta
  ORDER BY position
  LIMIT $2
 
+-- name: read_range --
+-- A keyset page: $1 < position <= $2, at most $3 events.
+SELECT position, event_id, stream_id, stream_position, type, version, data, metadata,
+       received_at, prev_hash, hash
+  FROM events
+ WHERE position > $1 AND position <= $2
+ ORDER BY position
+ LIMIT $3
+
 -- name: read_stream --
 SELECT position, event_id, stream_id, stream_position, type, version, data, metadata,
        received_at, prev_hash, hash
@@ -69,3 +78,18 @@ SELECT position, event_id, stream_id, stream_position, type, version, data, meta
 
 -- name: head_position --
 SELECT coalesce(max(position), 0) FROM events
+
+-- name: read_heads --
+SELECT stream_id, version, last_hash, last_position FROM streams ORDER BY stream_id
+
+-- name: export_events --
+-- For a cursor: $1 < position <= $2, in position order, with each event's idempotency key.
+SELECT e.position, e.event_id, e.stream_id, e.stream_position, e.type, e.version, e.data,
+       e.metadata, e.received_at, e.prev_hash, e.hash, k.key AS idempotency_key
+  FROM events e
+  LEFT JOIN idempotency_keys k ON k.event_id = e.event_id
+ WHERE e.position > $1 AND e.position <= $2
+ ORDER BY e.position
+
+-- name: hashes_by_id --
+SELECT event_id, hash FROM events WHERE event_id = any($1::uuid[])

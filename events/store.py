@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 from uuid import UUID
 
 import asyncpg
@@ -37,6 +37,7 @@ from events.hashing import GENESIS_HASH, chain_hash, event_digest
 from events.locks import APPEND_LOCK, EVENTS_CHANNEL
 from events.models import AppendResult, NewEvent, RecordedEvent, StreamId
 from events.sql import load_queries
+from events.upcasters import UPCASTERS, Upcasters
 
 Q = load_queries("events")
 
@@ -105,23 +106,9 @@ async def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[Appe
         heads[event.stream_id] = (version + 1, link)
         fresh.append((event, version + 1, prev_hash, link))
 
-    positions: dict[Any, int] = {}
-    if fresh:
-        rows = await conn.fetch(
-            Q["insert_events"],
-            [e.event_id for e, *_ in fresh],
-            [e.stream_id for e, *_ in fresh],
-            [sp for _, sp, _, _ in fresh],
-            [e.type for e, *_ in fresh],
-            [e.version for e, *_ in fresh],
-            [e.data for e, *_ in fresh],
-            [e.metadata for e, *_ in fresh],
-            [e.received_at for e, *_ in fresh],
-            [prev for _, _, prev, _ in fresh],
-            [link for *_, link in fresh],
-            [e.idempotency_key for e, *_ in fresh],
-        )
-        positions = {row["event_id"]: row["position"] for row in rows}
+    positions = await insert_rows(
+        conn, [Row(e, sp, prev, link, e.idempotency_key) for e, sp, prev, link in fresh]
+    )
 
     results: list[AppendResult] = []
     for event in batch:
@@ -138,7 +125,47 @@ async def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[Appe
     return results
 
 
-def _recorded(row: asyncpg.Record) -> RecordedEvent:
+class Row(NamedTuple):
+    """An event as it is inserted: its body, its place in its stream and its links."""
+
+    event: NewEvent | RecordedEvent
+    stream_position: int
+    prev_hash: bytes
+    hash: bytes
+    idempotency_key: str | None
+
+
+async def insert_rows(conn: Connection, rows: Sequence[Row]) -> dict[UUID, int]:
+    """Insert ``rows`` in order, with their streams' new heads and their idempotency keys, in
+    one statement; return each event's new global position. The caller holds the append lock
+    and has checked the links."""
+    if not rows:
+        return {}
+    columns = zip(
+        *(
+            (
+                r.event.event_id,
+                r.event.stream_id,
+                r.stream_position,
+                r.event.type,
+                r.event.version,
+                r.event.data,
+                r.event.metadata,
+                r.event.received_at,
+                r.prev_hash,
+                r.hash,
+                r.idempotency_key,
+            )
+            for r in rows
+        ),
+        strict=True,
+    )
+    inserted = await conn.fetch(Q["insert_events"], *map(list, columns))
+    return {row["event_id"]: row["position"] for row in inserted}
+
+
+def recorded(row: asyncpg.Record) -> RecordedEvent:
+    """A row of ``events`` (all its columns) as a ``RecordedEvent``."""
     return RecordedEvent(
         position=row["position"],
         event_id=row["event_id"],
@@ -154,17 +181,50 @@ def _recorded(row: asyncpg.Record) -> RecordedEvent:
     )
 
 
-async def read_all(conn: Connection, after_position: int, limit: int) -> list[RecordedEvent]:
-    """Up to ``limit`` events with position > ``after_position``, in position order.
+async def read_all(
+    conn: Connection, after_position: int, limit: int, *, upcasters: Upcasters = UPCASTERS
+) -> list[RecordedEvent]:
+    """Up to ``limit`` events with position > ``after_position``, in position order, upcast
+    for folding (``events.upcasters``).
 
     Complete: no event with a lower position can become visible later (see module docstring).
     """
-    return [_recorded(r) for r in await conn.fetch(Q["read_all"], after_position, limit)]
+    rows = await conn.fetch(Q["read_all"], after_position, limit)
+    return [upcasters.upcast(recorded(r)) for r in rows]
+
+
+MAX_POSITION = 2**63 - 1
+
+
+async def scan(
+    conn: Connection,
+    *,
+    after: int = 0,
+    until: int | None = None,
+    page: int = 10_000,
+    upcasters: Upcasters | None = UPCASTERS,
+) -> AsyncIterator[list[RecordedEvent]]:
+    """The events with ``after`` < position <= ``until`` (default: the head), in position
+    order, a page at a time: one short keyset query per page, so memory stays flat however
+    long the log, and no transaction is needed (run it inside one for a consistent snapshot).
+
+    ``upcasters=None`` yields the events as stored (what the hash chain covers).
+    """
+    last = after
+    while True:
+        rows = await conn.fetch(
+            Q["read_range"], last, MAX_POSITION if until is None else until, page
+        )
+        if not rows:
+            return
+        events = [recorded(r) for r in rows]
+        last = events[-1].position
+        yield events if upcasters is None else [upcasters.upcast(e) for e in events]
 
 
 async def read_stream(conn: Connection, stream_id: str) -> list[RecordedEvent]:
     """Every event of one stream, in stream order."""
-    return [_recorded(r) for r in await conn.fetch(Q["read_stream"], stream_id)]
+    return [recorded(r) for r in await conn.fetch(Q["read_stream"], stream_id)]
 
 
 async def head_position(conn: Connection) -> int:

@@ -64,19 +64,26 @@ class Projection(Generic[S]):
 
     def __post_init__(self) -> None:
         schema = _columns(self.state_type)
-        table, key = quoted(self.name), quoted(schema[0][0])
         names = [quoted(name) for name, _, _ in schema]
-        arrays = [f"${i}::{pg_type}[]" for i, (_, pg_type, _) in enumerate(schema, 1)]
-        updates = [f"{n} = excluded.{n}" for n in names[1:]]
+        key = names[0]
         set_ = object.__setattr__  # frozen: derived fields are set once, here
         set_(self, "schema", schema)
-        set_(self, "load_sql", f"SELECT {', '.join(names)} FROM {table} WHERE {key} = any($1)")
-        set_(
-            self,
-            "upsert_sql",
-            f"INSERT INTO {table} ({', '.join(names)})"
+        set_(self, "load_sql", f"{self.select_sql(self.name)} WHERE {key} = any($1)")
+        set_(self, "upsert_sql", self.upsert_into(self.name))
+
+    def select_sql(self, table: str) -> str:
+        """Every row of ``table`` (this read model's table, or a copy of it)."""
+        return f"SELECT {', '.join(quoted(name) for name in self.columns)} FROM {quoted(table)}"
+
+    def upsert_into(self, table: str) -> str:
+        """Insert or update rows of ``table``; one array argument per column, in order."""
+        names = [quoted(name) for name in self.columns]
+        arrays = [f"${i}::{pg_type}[]" for i, (_, pg_type, _) in enumerate(self.schema, 1)]
+        updates = [f"{n} = excluded.{n}" for n in names[1:]]
+        return (
+            f"INSERT INTO {quoted(table)} ({', '.join(names)})"
             f" SELECT * FROM unnest({', '.join(arrays)})"
-            f" ON CONFLICT ({key}) DO UPDATE SET {', '.join(updates)}",
+            f" ON CONFLICT ({names[0]}) DO UPDATE SET {', '.join(updates)}"
         )
 
     @property

@@ -1,25 +1,62 @@
-"""Rebuilding read models from the log.
+"""Rebuilding read models from the log beside the live ones, and swapping them in.
 
-A rebuild never shows a half-built table: it folds the whole log in memory, writes the result
-into a fresh copy of each table, and swaps the copy in, all in one transaction. Until COMMIT,
-readers keep reading the old tables; the live projector waits on the checkpoint lock and then
-resumes after the rebuild's last position.
+Who holds what, and when:
+
+1. The whole run holds ``REPLAY_LOCK`` (a session-level advisory lock): one replay at a time per
+   database. Under it, the aside tables a killed replay left behind are dropped first.
+2. The long part holds nothing that readers or the live projector wait for: create
+   ``<name>_rebuild`` (``LIKE`` the live table, indexes included), stream the whole log in keyset
+   pages and fold it in memory, COPY the states into the aside tables, then read on to the head
+   once more and upsert the rows that changed meanwhile.
+3. One short transaction: lock the checkpoint rows (``lock_checkpoints``, FOR UPDATE: the
+   projector's next batch waits), catch up from the aside build's position to the head, upsert
+   what changed, drop each live table and rename its aside table (and indexes) into its place,
+   and set the checkpoints to that position. Readers see the old tables until COMMIT and the new
+   ones after, never an empty or half-built one; the projector then resumes from the new
+   checkpoints. ``lock_timeout`` bounds the wait behind a long-running reader (DROP needs the
+   table to itself); on timeout the transaction is retried.
+
+Interrupted anywhere before that COMMIT (Ctrl-C, crash, kill -9), a replay leaves the live tables
+and checkpoints as they were; the advisory lock dies with its session.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import structlog
 
-from events.store import Connection, connect, head_position, read_all
+from events.locks import REPLAY_LOCK
+from events.store import Connection, connect, head_position
+from events.upcasters import UPCASTERS, Upcasters
 from projections.base import AnyProjection, quoted
+from projections.folding import Fold, Progress, States
 from projections.registry import PROJECTIONS
 from projections.sql import Q
 
-Progress = Callable[[int, int], None]  # (last position folded, head position)
-States = dict[str, dict[str, Any]]  # projection name -> key -> state
+log = structlog.get_logger(component="replay")
+
+ASIDE_SUFFIX = "_rebuild"
+SWAP_TIMEOUT_S = 5.0  # lock_timeout of the swap transaction
+SWAP_ATTEMPTS = 5
+
+
+class ReplayError(Exception):
+    """A replay could not run or finish; the live projections are unchanged."""
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    projections: tuple[str, ...]
+    position: int  # the checkpoint the rebuilt projections start from
+    events: int  # events folded
+
+
+def aside_table(projection: AnyProjection) -> str:
+    return projection.name + ASIDE_SUFFIX
 
 
 async def fold_log(
@@ -29,27 +66,15 @@ async def fold_log(
     until_position: int | None = None,
     chunk: int = 10_000,
     progress: Progress | None = None,
+    upcasters: Upcasters = UPCASTERS,
 ) -> tuple[States, int]:
     """Fold every event up to ``until_position`` (inclusive; default: all) in memory.
 
     Returns the states of each projection and the position of the last event folded.
     """
-    states: States = {p.name: {} for p in projections}
-    head = await head_position(conn)
-    last = 0
-    while True:
-        events = await read_all(conn, last, chunk)
-        if until_position is not None:
-            events = [e for e in events if e.position <= until_position]
-        if not events:
-            break
-        for event in events:
-            for projection in projections:
-                projection.fold(states[projection.name], event)
-        last = events[-1].position
-        if progress is not None:
-            progress(last, max(head, last))
-    return states, last
+    fold = Fold(projections)
+    await fold.run(conn, until=until_position, upcasters=upcasters, page=chunk, progress=progress)
+    return fold.states, fold.position
 
 
 async def rebuild(
@@ -57,30 +82,99 @@ async def rebuild(
     projections: Sequence[AnyProjection] = PROJECTIONS,
     *,
     progress: Progress | None = None,
-) -> int:
-    """Rebuild ``projections`` from position 0 and swap them in; return the last position."""
-    async with connect(pool) as conn, conn.transaction():
-        await conn.fetch(Q["lock_checkpoints"], [p.name for p in projections])
-        states, last = await fold_log(conn, projections, progress=progress)
-        for projection in projections:
-            table, aside = projection.name, f"{projection.name}_rebuild"
-            await conn.execute(f"DROP TABLE IF EXISTS {quoted(aside)}")
-            await conn.execute(f"CREATE TABLE {quoted(aside)} (LIKE {quoted(table)} INCLUDING ALL)")
-            await conn.copy_records_to_table(
-                aside,
-                records=[projection.to_row(s) for s in states[projection.name].values()],
-                columns=list(projection.columns),
-            )
-            indexes = await conn.fetch(
-                "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
-                " AND tablename = $1",
-                aside,
-            )
-            await conn.execute(f"DROP TABLE {quoted(table)}")
-            await conn.execute(f"ALTER TABLE {quoted(aside)} RENAME TO {quoted(table)}")
-            for row in indexes:
-                index = row["indexname"]
-                renamed = table + index.removeprefix(aside)
-                await conn.execute(f"ALTER INDEX {quoted(index)} RENAME TO {quoted(renamed)}")
-            await conn.execute(Q["save_checkpoints"], [table], [last])
-        return last
+    upcasters: Upcasters = UPCASTERS,
+    page: int = 10_000,
+    swap_timeout_s: float = SWAP_TIMEOUT_S,
+    swap_attempts: int = SWAP_ATTEMPTS,
+) -> Rebuilt:
+    """Rebuild ``projections`` from position 0 and swap them in (see the module docstring)."""
+    fold = Fold(projections)
+    async with connect(pool) as conn:
+        if not await conn.fetchval(Q["try_lock_replay"], REPLAY_LOCK):
+            raise ReplayError("another replay is running on this database")
+        await _build_aside(conn, fold, upcasters=upcasters, page=page, progress=progress)
+        await _swap_in(
+            conn, fold, upcasters, page=page, timeout_s=swap_timeout_s, attempts=swap_attempts
+        )
+        # On any failure the pool's reset (or closing a broken connection) releases it.
+        await conn.fetchval(Q["unlock_replay"], REPLAY_LOCK)
+    names = tuple(p.name for p in fold.projections)
+    return Rebuilt(names, fold.position, fold.events)
+
+
+async def _build_aside(
+    conn: Connection, fold: Fold, *, upcasters: Upcasters, page: int, progress: Progress | None
+) -> None:
+    """Step 2: the aside tables, filled up to about the head, without locking anyone out."""
+    leftovers = {aside_table(p) for p in (*PROJECTIONS, *fold.projections)}
+    for table in sorted(leftovers):
+        await conn.execute(f"DROP TABLE IF EXISTS {quoted(table)}")
+    for projection in fold.projections:
+        await conn.execute(
+            f"CREATE TABLE {quoted(aside_table(projection))}"
+            f" (LIKE {quoted(projection.name)} INCLUDING ALL)"
+        )
+    await fold.run(conn, upcasters=upcasters, page=page, progress=progress)
+    for projection in fold.projections:
+        await conn.copy_records_to_table(
+            aside_table(projection), records=fold.rows(projection), columns=projection.columns
+        )
+    fold.clean()
+    # What arrived while the log was folded and copied: the locked catch-up stays short.
+    await fold.run(conn, upcasters=upcasters, page=page)
+    await _flush(conn, fold)
+    fold.clean()
+
+
+async def _flush(conn: Connection, fold: Fold) -> None:
+    """Upsert the states changed since the last ``clean()`` into the aside tables."""
+    for projection in fold.projections:
+        keys = fold.dirty[projection.name]
+        if keys:
+            columns = zip(*fold.rows(projection, keys), strict=True)
+            await conn.execute(projection.upsert_into(aside_table(projection)), *map(list, columns))
+
+
+async def _swap_in(
+    conn: Connection,
+    fold: Fold,
+    upcasters: Upcasters,
+    *,
+    page: int,
+    timeout_s: float,
+    attempts: int,
+) -> None:
+    """Step 3: the final catch-up and the swap, in one short transaction."""
+    names = [p.name for p in fold.projections]
+    for attempt in range(1, attempts + 1):
+        try:
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = {int(timeout_s * 1000)}")
+                await conn.fetch(Q["lock_checkpoints"], names)
+                head = await head_position(conn)
+                await fold.run(conn, until=head, upcasters=upcasters, page=page)
+                await _flush(conn, fold)
+                for projection in fold.projections:
+                    await _replace(conn, projection)
+                await conn.execute(Q["save_checkpoints"], names, [fold.position] * len(names))
+        except asyncpg.LockNotAvailableError:
+            # Rolled back: the states keep their dirty keys, so the next try writes them again.
+            log.warning("replay.swap_waited_too_long", attempt=attempt)
+            continue
+        fold.clean()
+        return
+    raise ReplayError(
+        f"could not swap the rebuilt tables in: readers or the projector held them for more"
+        f" than {timeout_s:g} s, {attempts} times"
+    )
+
+
+async def _replace(conn: Connection, projection: AnyProjection) -> None:
+    """Put the aside table, and its indexes under their usual names, in the live one's place."""
+    table, aside = projection.name, aside_table(projection)
+    indexes = [row["indexname"] for row in await conn.fetch(Q["table_indexes"], aside)]
+    await conn.execute(f"DROP TABLE {quoted(table)}")
+    await conn.execute(f"ALTER TABLE {quoted(aside)} RENAME TO {quoted(table)}")
+    for index in indexes:
+        renamed = table + index.removeprefix(aside)
+        await conn.execute(f"ALTER INDEX {quoted(index)} RENAME TO {quoted(renamed)}")

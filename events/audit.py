@@ -1,0 +1,161 @@
+"""Auditing the log: every stream's hash chain, and the stream heads, checked in one pass.
+
+The log is read in global position order, which for every stream is also its stream order
+(appends draw both under one lock, and ``import`` keeps it), so an auditor needs to remember
+only the last event of each stream: memory grows with the number of streams, not events.
+
+What an edit behind the database's back leaves (triggers disabled, ``session_replication_role
+= replica``, a restored dump):
+- a changed body (data, metadata, type, version, event id, received_at) or hash: ``hash``;
+- a removed event: the next one's ``stream_position`` and ``prev_hash``, or, for the last one,
+  a stream head that names a later event;
+- two events swapped (positions or bodies): ``stream_position`` and/or ``hash`` at both;
+- a rewritten chain (every later hash recomputed): the head's ``last_hash`` no longer matches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+from events.hashing import GENESIS_HASH, broken_links, chain_hash, event_digest
+from events.models import RecordedEvent
+from events.store import Connection, Q
+
+_EVENT_DETAIL = {
+    "stream_position": "does not follow the previous event of the stream: an event is missing"
+    " or the stream's events are out of order",
+    "prev_hash": "does not link to the previous event of the stream: an event was removed,"
+    " inserted or reordered",
+    "hash": "the stored event no longer matches its hash: its body (event_id, type, version,"
+    " data, metadata or received_at) or its hash was changed",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One difference found by an audit, precise enough to go and look.
+
+    ``expected`` is what the evidence says (the chain, the stream head, a fresh replay),
+    ``actual`` what is stored. ``extra`` adds kind-specific context (stream position, projection
+    and key).
+    """
+
+    kind: str  # "event", "stream_head" or "projection"
+    stream_id: str | None
+    position: int | None
+    field: str
+    expected: Any = None
+    actual: Any = None
+    detail: str = ""
+    extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        def shown(value: Any) -> Any:
+            return value.hex() if isinstance(value, bytes) else value
+
+        return {
+            "kind": self.kind,
+            "stream_id": self.stream_id,
+            "position": self.position,
+            "field": self.field,
+            **self.extra,
+            "expected": shown(self.expected),
+            "actual": shown(self.actual),
+            "detail": self.detail,
+        }
+
+
+class _Last(NamedTuple):
+    stream_position: int
+    hash: bytes
+    position: int
+
+
+class ChainAuditor:
+    """Feed it every event in position order (``check``), then the stream heads."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, _Last] = {}
+        self.events = 0
+
+    @property
+    def streams(self) -> int:
+        return len(self._last)
+
+    def check(self, event: RecordedEvent) -> list[Problem]:
+        """The problems at ``event``, judged against the previous event of its stream."""
+        self.events += 1
+        last = self._last.get(event.stream_id)
+        prev_hash, prev_position = (last.hash, last.stream_position) if last else (GENESIS_HASH, 0)
+        expected = {
+            "stream_position": (prev_position + 1, event.stream_position),
+            "prev_hash": (prev_hash, event.prev_hash),
+            "hash": (
+                chain_hash(event.prev_hash, event.stream_position, event_digest(event)),
+                event.hash,
+            ),
+        }
+        problems = [
+            Problem(
+                "event",
+                event.stream_id,
+                event.position,
+                name,
+                *expected[name],
+                detail=_EVENT_DETAIL[name],
+                extra={"stream_position": event.stream_position},
+            )
+            for name in broken_links(event, prev_hash, prev_position)
+        ]
+        # The next event is judged against this one's stored hash and the highest stream
+        # position so far: one edit, one report; a swapped pair, reports at the pair only.
+        highest = max(prev_position, event.stream_position)
+        self._last[event.stream_id] = _Last(highest, event.hash, event.position)
+        return problems
+
+    async def check_heads(self, conn: Connection) -> list[Problem]:
+        """Compare the ``streams`` table with the last event seen of each stream. Run it in the
+        same snapshot (REPEATABLE READ transaction) as the pass over the events."""
+        problems: list[Problem] = []
+        unseen = set(self._last)
+        for row in await conn.fetch(Q["read_heads"]):
+            stream_id = row["stream_id"]
+            unseen.discard(stream_id)
+            head = _Last(row["version"], bytes(row["last_hash"]), row["last_position"])
+            last = self._last.get(stream_id, _Last(0, GENESIS_HASH, 0))
+            for name, recorded, found in zip(_HEAD_FIELDS, head, last, strict=True):
+                if recorded != found:
+                    detail = "the head in streams is not the stream's last event"
+                    if not last.position:
+                        detail += ": the stream has no events"
+                    problems.append(
+                        Problem(
+                            "stream_head",
+                            stream_id,
+                            last.position or head.position,
+                            name,
+                            recorded,
+                            found,
+                            detail=detail,
+                        )
+                    )
+        for stream_id in sorted(unseen):
+            last = self._last[stream_id]
+            problems.append(
+                Problem(
+                    "stream_head",
+                    stream_id,
+                    last.position,
+                    "version",
+                    None,
+                    last.stream_position,
+                    detail="the stream has events but no head in streams",
+                )
+            )
+        return problems
+
+
+# The streams columns, in the order of ``_Last``'s fields.
+_HEAD_FIELDS = ("version", "last_hash", "last_position")

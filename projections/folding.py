@@ -1,0 +1,90 @@
+"""Folding the log in memory: what replay, ``verify``, the dry run and point-in-time reads share.
+
+The log is streamed in keyset pages (``events.store.scan``) and folded as it goes, so memory
+holds the states (one per key and read model) and one page of events, however long the log.
+Events reach the folds upcast (``events.upcasters``), like the live projector's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from events.models import RecordedEvent
+from events.store import Connection, head_position, scan
+from events.upcasters import UPCASTERS, Upcasters
+from projections.base import AnyProjection
+
+Progress = Callable[[int, int], None]  # (last position read, head position)
+States = dict[str, dict[str, Any]]  # projection name -> key -> state
+Origin = tuple[str, int]  # stream id and position of the last event folded into a state
+
+
+class Fold:
+    """The states of ``projections``, built event by event.
+
+    ``limits``: per projection, the last position it takes (verify and the dry run replay each
+    read model up to its own checkpoint). ``dirty`` holds, per projection, the keys changed
+    since the last ``clean()``; ``origin`` where each state last changed.
+    """
+
+    def __init__(
+        self, projections: Sequence[AnyProjection], *, limits: Mapping[str, int] | None = None
+    ) -> None:
+        self.projections = tuple(projections)
+        self.states: States = {p.name: {} for p in self.projections}
+        self.dirty: dict[str, set[str]] = {p.name: set() for p in self.projections}
+        self.origin: dict[str, dict[str, Origin]] = {p.name: {} for p in self.projections}
+        self.position = 0  # the last position read (taken or not)
+        self.events = 0  # how many events were taken
+        self._limits = limits
+
+    def apply(self, event: RecordedEvent) -> None:
+        """Fold one (upcast) event into every projection it concerns."""
+        for projection in self.projections:
+            name = projection.name
+            if self._limits is not None and event.position > self._limits.get(name, 0):
+                continue
+            key = projection.fold(self.states[name], event)
+            if key is not None:
+                self.dirty[name].add(key)
+                self.origin[name][key] = (event.stream_id, event.position)
+        self.events += 1
+
+    def clean(self) -> None:
+        for keys in self.dirty.values():
+            keys.clear()
+
+    def rows(
+        self, projection: AnyProjection, keys: Iterable[str] | None = None
+    ) -> Iterator[tuple[Any, ...]]:
+        """Table rows of ``projection``'s states (of ``keys`` only, when given)."""
+        states = self.states[projection.name]
+        chosen = states.values() if keys is None else (states[k] for k in keys)
+        return (projection.to_row(state) for state in chosen)
+
+    async def run(
+        self,
+        conn: Connection,
+        *,
+        until: int | None = None,
+        keep: Callable[[RecordedEvent], bool] | None = None,
+        upcasters: Upcasters = UPCASTERS,
+        page: int = 10_000,
+        progress: Progress | None = None,
+    ) -> None:
+        """Read on from ``position`` up to ``until`` (inclusive; default: the head), folding
+        the events ``keep`` accepts (default: all)."""
+        head = 0
+        if progress is not None:
+            head = await head_position(conn)
+            head = head if until is None else min(head, until)
+        async for events in scan(
+            conn, after=self.position, until=until, page=page, upcasters=upcasters
+        ):
+            for event in events:
+                if keep is None or keep(event):
+                    self.apply(event)
+            self.position = events[-1].position
+            if progress is not None:
+                progress(self.position, max(head, self.position))
