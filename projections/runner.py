@@ -24,6 +24,7 @@ from events.errors import StorageUnavailable, cancelling, translate
 from events.locks import EVENTS_CHANNEL
 from events.models import RecordedEvent
 from events.store import Connection, connect, read_all
+from events.upcasters import UPCASTERS, Upcasters
 from projections.base import AnyProjection
 from projections.registry import PROJECTIONS
 from projections.sql import Q
@@ -41,6 +42,7 @@ async def apply_batch(
     *,
     batch_size: int = 1000,
     before_checkpoint: BeforeCheckpoint | None = None,
+    upcasters: Upcasters = UPCASTERS,
 ) -> tuple[int, dict[str, set[str]]]:
     """Apply the next batch inside the caller's transaction.
 
@@ -48,7 +50,7 @@ async def apply_batch(
     """
     names = [p.name for p in projections]
     checkpoints = {r["name"]: r["position"] for r in await conn.fetch(Q["lock_checkpoints"], names)}
-    events = await read_all(conn, min(checkpoints.values()), batch_size)
+    events = await read_all(conn, min(checkpoints.values()), batch_size, upcasters=upcasters)
     if not events:
         return 0, {}
     changed: dict[str, set[str]] = {}
@@ -83,6 +85,7 @@ class Projector:
         poll_interval: float = 1.0,
         before_checkpoint: BeforeCheckpoint | None = None,
         on_commit: Callable[[int, dict[str, set[str]]], None] | None = None,
+        upcasters: Upcasters = UPCASTERS,
     ) -> None:
         self._pool = pool
         self._projections = tuple(projections)
@@ -90,6 +93,7 @@ class Projector:
         self._poll_interval = poll_interval
         self._before_checkpoint = before_checkpoint
         self._on_commit = on_commit
+        self._upcasters = upcasters
         self._wakeup = asyncio.Event()
 
     async def catch_up(self) -> int:
@@ -102,6 +106,7 @@ class Projector:
                     self._projections,
                     batch_size=self._batch_size,
                     before_checkpoint=self._before_checkpoint,
+                    upcasters=self._upcasters,
                 )
             if count == 0:
                 return total
@@ -135,8 +140,11 @@ class Projector:
             try:
                 while not lost.is_set():
                     await self.catch_up()
+                    # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a
+                    # cancellation that coincides with the wake-up, and stopping would hang.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wakeup.wait(), self._poll_interval)
+                        async with asyncio.timeout(self._poll_interval):
+                            await self._wakeup.wait()
                     self._wakeup.clear()
             finally:
                 listener.remove_termination_listener(on_termination)

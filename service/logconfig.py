@@ -46,9 +46,16 @@ def configure_logging(
         drop_secrets,
     ]
     rendering: list[structlog.types.Processor] = (
-        [structlog.dev.ConsoleRenderer()]
+        # Tracebacks without local variables, in both renderers: a frame's locals can hold a
+        # secret (structlog's dict_tracebacks and rich's tracebacks both show them by default).
+        [structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)]
         if log_format == "console"
-        else [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+        else [
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            ),
+            structlog.processors.JSONRenderer(),
+        ]
     )
     structlog.configure(
         processors=[*shared, *rendering],

@@ -56,7 +56,12 @@ async def pending_migrations(conn: Connection) -> list[Migration]:
 
 
 async def migrate(conn: Connection) -> list[Migration]:
-    """Apply every pending migration; return those applied now."""
+    """Apply every pending migration; return those applied now.
+
+    With nothing pending this only reads ``schema_migrations``, so ``serve`` can start as a
+    role that may not create tables (``jobtrail_writer``, migration 0004)."""
+    if not await pending_migrations(conn):
+        return []
     applied = []
     for migration in migrations():
         async with conn.transaction():

@@ -15,7 +15,6 @@ Every comparison is constant-time, and no error message carries a secret or a si
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
@@ -76,8 +75,8 @@ def standard_key(secret: str) -> bytes:
     if secret.startswith("whsec_"):
         try:
             return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
-        except binascii.Error:
-            pass  # not base64 after all: fall back to the literal secret
+        except ValueError:  # not base64 (or not even ASCII): the literal secret, then
+            pass
     return secret.encode("utf-8")
 
 
@@ -96,7 +95,9 @@ def _verify_standard(
 ) -> Verified:
     msg_id = headers.get("webhook-id", "")
     raw_timestamp = headers.get("webhook-timestamp", "")
-    if not msg_id or len(msg_id) > MAX_ID_LENGTH:
+    # The id is stored (idempotency key): printable text only, which also rules out what UTF-8
+    # cannot carry (aiohttp hands undecodable header bytes over as lone surrogates).
+    if not msg_id or len(msg_id) > MAX_ID_LENGTH or not msg_id.isprintable():
         raise SignatureError("missing or invalid webhook-id")
     if not raw_timestamp.isascii() or not raw_timestamp.isdigit():
         raise SignatureError("missing or invalid webhook-timestamp")
@@ -110,7 +111,7 @@ def _verify_standard(
             continue
         try:
             offered.append(base64.b64decode(value, validate=True))
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or not ASCII at all
             continue
     if not offered:
         raise SignatureError("malformed webhook-signature")
@@ -143,7 +144,9 @@ def _verify_github(headers: Mapping[str, str], body: bytes, keyring: Keyring) ->
         raise SignatureError("signature mismatch")
     event = headers.get("x-github-event", "")
     delivery = headers.get("x-github-delivery", "")
-    if not event or not delivery or len(delivery) > MAX_ID_LENGTH or len(event) > 64:
+    if not (0 < len(event) <= 64 and event.isprintable()) or not (
+        0 < len(delivery) <= MAX_ID_LENGTH and delivery.isprintable()
+    ):
         raise SignatureError("missing X-GitHub-Event or X-GitHub-Delivery")
     return Verified("github", delivery, github_event=event)
 

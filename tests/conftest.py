@@ -53,6 +53,16 @@ async def _admin(dsn: str, *statements: str) -> None:
         await conn.close()
 
 
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL of the test's own, to stop and start at will (not migrated)."""
+    server = EmbeddedPostgres(tmp_path / "pg", throwaway=True)
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
 @pytest.fixture(scope="session")
 def template_name(server_dsn: str) -> Iterator[str]:
     name = f"jobtrail_template_{uuid.uuid4().hex[:12]}"

@@ -117,6 +117,84 @@ async def running(*coroutines: Coroutine[Any, Any, None]) -> AsyncIterator[None]
 
 # Environment that would configure a served jobtrail behind a test's back.
 _SERVE_CONFIG_PREFIXES = ("DATABASE_URL", "TEST_DATABASE_URL", "JOBTRAIL_", "GITHUB_")
+JOBTRAIL = str(Path(sys.executable).parent / "jobtrail")
+
+
+def clean_env(**env: str) -> dict[str, str]:
+    """This process's environment without jobtrail's configuration, plus ``env``."""
+    kept = {k: v for k, v in os.environ.items() if not k.startswith(_SERVE_CONFIG_PREFIXES)}
+    return {**kept, **env}
+
+
+class ServeProcess:
+    """``jobtrail serve`` on a fixed 127.0.0.1 port, on ``database_url``, to be started, killed
+    and started again. Configured with ``CALLBACK_SECRET`` (plus ``ROTATED_SECRET``) and
+    ``READ_TOKEN`` unless ``env`` says otherwise; its stdout and stderr go to ``log``."""
+
+    def __init__(self, database_url: str, workdir: Path, port: int, **env: str) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.port = port
+        self.log = workdir / f"serve-{port}.log"
+        defaults = {
+            "DATABASE_URL": database_url,
+            "JOBTRAIL_DATA_DIR": str(workdir / "jobtrail-data"),
+            "GITHUB_CALLBACK_SECRET": CALLBACK_SECRET,
+            "JOBTRAIL_CALLBACK_SECRETS": ROTATED_SECRET,
+            "JOBTRAIL_READ_TOKENS": READ_TOKEN,
+            "JOBTRAIL_LOG_FORMAT": "json",
+        }
+        self.env = clean_env(**{**defaults, **env})
+        self.workdir = workdir
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self, within_s: float = 60.0) -> None:
+        """Start it and wait until ``/readyz`` answers 200."""
+        assert self.process is None or self.process.returncode is not None
+        with self.log.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                JOBTRAIL,
+                "serve",
+                "--port",
+                str(self.port),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=self.env,
+                cwd=self.workdir,
+            )
+        deadline = time.monotonic() + within_s
+        async with aiohttp.ClientSession() as session:
+            while True:
+                if self.process.returncode is not None:
+                    raise AssertionError(f"serve exited {self.process.returncode}: {self.logs()}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"serve never became ready: {self.logs()}")
+                with contextlib.suppress(aiohttp.ClientConnectionError):
+                    async with session.get(f"{self.base}/readyz") as response:
+                        if response.status == 200:
+                            return
+                await asyncio.sleep(0.05)
+
+    async def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        await self.process.wait()
+
+    async def stop(self, signum: int = signal.SIGTERM, within_s: float = 30.0) -> int:
+        """Send ``signum`` and return the exit status; killed (and AssertionError) if it is
+        still running after ``within_s``."""
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.send_signal(signum)
+        try:
+            return await asyncio.wait_for(self.process.wait(), within_s)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+            raise AssertionError(f"serve ignored signal {signum}: {self.logs()}") from None
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
 @dataclass(frozen=True)
@@ -135,56 +213,13 @@ class Served:
 async def serve_jobtrail(
     database_url: str, workdir: Path, *, env: Mapping[str, str] | None = None
 ) -> AsyncIterator[Served]:
-    """A real ``jobtrail serve`` subprocess on a free 127.0.0.1 port, on ``database_url``.
-
-    Configured with ``CALLBACK_SECRET`` (plus ``ROTATED_SECRET``) and ``READ_TOKEN`` unless
-    ``env`` says otherwise; ready (``/readyz`` 200) when the block starts; stopped with SIGINT,
-    as Ctrl-C would, when it ends. Its stdout and stderr go to ``workdir/serve-<port>.log``.
-    """
-    port = free_port()
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(_SERVE_CONFIG_PREFIXES)}
-    full_env.update(
-        DATABASE_URL=database_url,
-        JOBTRAIL_DATA_DIR=str(workdir / "jobtrail-data"),
-        GITHUB_CALLBACK_SECRET=CALLBACK_SECRET,
-        JOBTRAIL_CALLBACK_SECRETS=ROTATED_SECRET,
-        JOBTRAIL_READ_TOKENS=READ_TOKEN,
-        JOBTRAIL_LOG_FORMAT="json",
-    )
-    full_env.update(env or {})
-    log = workdir / f"serve-{port}.log"
-    with log.open("ab") as log_file:
-        proc = await asyncio.create_subprocess_exec(
-            str(Path(sys.executable).parent / "jobtrail"),
-            "serve",
-            "--port",
-            str(port),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=log_file,
-            env=full_env,
-            cwd=workdir,
-        )
-    served = Served(f"http://127.0.0.1:{port}", port, log)
+    """A real ``jobtrail serve`` subprocess on a free 127.0.0.1 port, on ``database_url``
+    (configured as ``ServeProcess`` is); ready (``/readyz`` 200) when the block starts; stopped
+    with SIGINT, as Ctrl-C would, when it ends (killed if that takes over 10 s)."""
+    service = ServeProcess(database_url, workdir, free_port(), **(env or {}))
+    await service.start()
     try:
-        deadline = time.monotonic() + 60
-        async with aiohttp.ClientSession() as session:
-            while True:
-                if proc.returncode is not None:
-                    raise AssertionError(f"serve exited {proc.returncode}: {served.logs()}")
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"serve never became ready: {served.logs()}")
-                with contextlib.suppress(aiohttp.ClientConnectionError):
-                    async with session.get(f"{served.base}/readyz") as response:
-                        if response.status == 200:
-                            break
-                await asyncio.sleep(0.05)
-        yield served
+        yield Served(service.base, service.port, service.log)
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        with contextlib.suppress(AssertionError):
+            await service.stop(signal.SIGINT, within_s=10)
