@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint bench install dev tools clean
+.PHONY: run test lint bench install dev tools screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,9 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
 
-# System tools of the workflow script and its lint: bash, curl, openssl (the script), shellcheck.
-SYSTEM_TOOLS := curl openssl shellcheck
+# System tools of the workflow script and its lint: bash, curl, openssl (the script), shellcheck;
+# and the browser the dashboard tests drive (Playwright never downloads one of its own).
+SYSTEM_TOOLS := curl openssl shellcheck chromium
 tools:
 	@missing=""; for tool in $(SYSTEM_TOOLS); do \
 	  command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
@@ -51,6 +52,10 @@ lint: dev tools
 	$(BIN)/zizmor --offline --no-progress .github/workflows/
 	$(BIN)/actionlint .github/workflows/*.yml
 	shellcheck .github/scripts/*.sh
+
+## screenshots: docs/dashboard.png and docs/timeline.png, taken by the browser tests
+screenshots: dev tools
+	JOBTRAIL_SCREENSHOTS=docs $(BIN)/python -m pytest -q tests/browser/test_dashboard.py -k screenshots
 
 ## bench: the benchmark suite (wrk installed with apt when missing); writes bench/results.json
 bench: $(VENV)/.installed-bench

@@ -13,6 +13,15 @@ UPDATE projection_checkpoints c
   FROM unnest($1::text[], $2::bigint[]) AS v(name, position)
  WHERE c.name = v.name
 
+-- name: try_lock_replay --
+SELECT pg_try_advisory_lock($1)
+
+-- name: unlock_replay --
+SELECT pg_advisory_unlock($1)
+
+-- name: table_indexes --
+SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = $1
+
 -- name: read_checkpoints --
 SELECT name, position, updated_at FROM projection_checkpoints ORDER BY name
 

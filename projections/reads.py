@@ -8,7 +8,7 @@ is older than the stale threshold.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NotRequired, TypedDict, Unpack
 
 from events.catalog import TERMINAL
 from events.store import Connection
@@ -46,6 +46,27 @@ async def list_jobs(
         Q["list_jobs"], _TERMINAL, threshold, status, stale, created_at, job_id, limit
     )
     return [dict(r) for r in rows]
+
+
+class JobQuery(TypedDict):
+    """What ``list_jobs`` is asked, but the page."""
+
+    now: datetime
+    stale_after_s: float
+    status: NotRequired[str | None]
+    stale: NotRequired[bool | None]
+
+
+async def all_jobs(conn: Connection, *, page: int = 1000, **query: Unpack[JobQuery]) -> list[Job]:
+    """Every job ``list_jobs`` shows for ``query``, in its order, read a page at a time."""
+    jobs: list[Job] = []
+    after: PageKey | None = None
+    while True:
+        found = await list_jobs(conn, after=after, limit=page, **query)
+        jobs.extend(found)
+        if len(found) < page:
+            return jobs
+        after = page_key(found[-1])
 
 
 async def get_job(

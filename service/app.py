@@ -2,7 +2,9 @@
 
 The pool, the group-commit appender, the projector and the watchdog are opened by
 ``cleanup_ctx`` and closed in reverse order, so background tasks stop before the pool they use
-is closed.
+is closed. The runner (``service.server``) runs that clean-up only after requests in flight have
+finished, so their appends are answered by a still-running appender; each step of the clean-up
+is bounded, so a stuck task cannot keep the process from exiting.
 """
 
 from __future__ import annotations
@@ -17,10 +19,15 @@ from events.appender import Appender
 from events.store import register_codecs
 from projections.runner import Projector
 from projections.watchdog import Watchdog
-from service import ingest, read_api
+from service import dashboard, ingest, openapi, read_api, stream
+from service.deliveries import DeliveryLog, record_deliveries
 from service.keys import (
     appender_key,
+    assets_key,
+    broadcaster_key,
+    deliveries_key,
     keyring_key,
+    openapi_key,
     pool_key,
     projector_key,
     read_tokens_key,
@@ -33,30 +40,39 @@ from service.signatures import Keyring
 
 POOL_SIZE = 10
 COMMAND_TIMEOUT_S = 30.0
-SHUTDOWN_TIMEOUT_S = 10.0
+# Opening a connection gives up after this long: while PostgreSQL is unreachable a request
+# gets its 503 within seconds instead of hanging on a connect (asyncpg's default is 60 s).
+CONNECT_TIMEOUT_S = 5.0
+SHUTDOWN_TIMEOUT_S = 3.0
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
     assert settings.database_url is not None
-    async with asyncpg.create_pool(
+    pool = await asyncpg.create_pool(
         settings.database_url.get_secret_value(),
         init=register_codecs,
         min_size=2,
         max_size=POOL_SIZE,
+        timeout=CONNECT_TIMEOUT_S,
         command_timeout=COMMAND_TIMEOUT_S,
         # Server-side settings for every connection: an abandoned transaction must not hold the
         # append lock or the checkpoint rows for long.
         server_settings={"idle_in_transaction_session_timeout": "60000"},
-    ) as pool:
-        app[pool_key] = pool
-        yield
+    )
+    app[pool_key] = pool
+    yield
+    # Graceful close waits for borrowed connections; a stuck one must not keep the process up.
+    try:
+        await asyncio.wait_for(pool.close(), SHUTDOWN_TIMEOUT_S)
+    except TimeoutError:
+        pool.terminate()
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
     pool = app[pool_key]
     app[appender_key] = Appender(pool)
-    app[projector_key] = Projector(pool)
+    app[projector_key] = Projector(pool, on_commit=app[broadcaster_key].on_commit)
     app[tasks_key] = [
         asyncio.create_task(app[appender_key].run(), name="appender"),
         asyncio.create_task(app[projector_key].run(), name="projector"),
@@ -80,7 +96,7 @@ def create_app(settings: Settings) -> web.Application:
     if not settings.read_tokens:
         raise ValueError("create_app needs at least one read token")
     app = web.Application(
-        middlewares=[request_context, json_errors, bearer_auth],
+        middlewares=[request_context, json_errors, record_deliveries, bearer_auth],
         client_max_size=settings.max_body_bytes,
     )
     app[settings_key] = settings
@@ -92,12 +108,25 @@ def create_app(settings: Settings) -> web.Application:
         accept_legacy=settings.accept_legacy_signatures,
     )
     app[read_tokens_key] = tuple(t.get_secret_value().encode() for t in settings.read_tokens)
+    app[deliveries_key] = DeliveryLog()
+    app[broadcaster_key] = stream.Broadcaster(stale_after_s=settings.stale_after_s)
+    app[assets_key] = dashboard.load_assets(settings.stale_after_s)
+    app[openapi_key] = openapi.document_bytes()
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_background)
+    app.cleanup_ctx.append(stream.broadcasting)
+    app.on_shutdown.append(stream.close_streams)
     app.router.add_post("/api/webhooks/github", ingest.receive_webhook)
     app.router.add_get("/api/jobs", read_api.list_jobs)
     app.router.add_get("/api/jobs/{job_id}", read_api.get_job)
     app.router.add_get("/api/jobs/{job_id}/events", read_api.job_events)
+    app.router.add_get("/api/heartbeats", read_api.list_heartbeats)
+    app.router.add_get("/api/projections", read_api.list_projections)
+    app.router.add_get("/api/deliveries", read_api.list_deliveries)
+    app.router.add_get("/api/stream", stream.stream)
+    app.router.add_get("/api/openapi.json", openapi.openapi_json)
+    app.router.add_get("/", dashboard.index)
+    app.router.add_get("/static/{name}", dashboard.static_file)
     app.router.add_get("/healthz", read_api.healthz)
     app.router.add_get("/readyz", read_api.readyz)
     return app

@@ -7,6 +7,7 @@ the 200 is sent only after the event's transaction committed.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -29,12 +30,16 @@ from events.github import run_report
 from events.models import NewEvent, format_timestamp
 from events.store import connect
 from projections import reads
+from service import deliveries
 from service.errors import ApiError, json_response
 from service.keys import appender_key, keyring_key, pool_key, settings_key
 from service.payloads import PayloadError, parse_callback, parse_json
 from service.signatures import SignatureError, Verified, verify_request
 
 log = structlog.get_logger(component="ingest")
+
+# Seconds a request body may take to arrive in full; then 408 and the connection is closed.
+BODY_TIMEOUT_S = 10.0
 
 _GITHUB_TYPES = {
     "workflow_run": GITHUB_WORKFLOW_RUN,
@@ -115,13 +120,21 @@ async def receive_webhook(request: web.Request) -> web.Response:
     settings = request.app[settings_key]
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         raise ApiError(413, "Payload too large")
-    body = await request.read()  # the app's client_max_size refuses longer chunked bodies
+    try:
+        # A body that trickles in (slow-loris) must not hold a connection forever; the app's
+        # client_max_size refuses longer chunked bodies.
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            body = await request.read()
+    except TimeoutError:
+        raise ApiError(408, "Request timeout", headers={"Connection": "close"}) from None
 
     try:
         verified = verify_request(request.headers, body, request.app[keyring_key], time.time())
     except SignatureError as error:
         log.info("ingest.refused", reason=error.reason)
+        deliveries.note(reason=error.reason)
         raise ApiError(401, "Invalid signature") from None
+    deliveries.note(scheme=verified.scheme)
 
     allowed_form = verified.scheme == "github"
     if "Content-Type" not in request.headers or not (

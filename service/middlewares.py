@@ -17,9 +17,11 @@ from service.keys import read_tokens_key
 
 log = structlog.get_logger(component="http")
 
-# Routes that answer without a token: ops endpoints, the API description, and the webhook
-# receiver (which checks signatures instead).
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/api/webhooks/github"})
+# Routes that answer without a token: ops endpoints, the API description, the dashboard page
+# and its static files (which carry no data), and the webhook receiver (which checks
+# signatures instead).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/api/webhooks/github", "/api/openapi.json", "/"})
+PUBLIC_PREFIX = "/static/"  # one level below: /static/<name>, nothing deeper
 # Seconds a client should wait before retrying while PostgreSQL is unreachable.
 RETRY_AFTER_S = "5"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -77,8 +79,11 @@ async def json_errors(request: web.Request, handler: Handler) -> web.StreamRespo
 
 @web.middleware
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Everything but ``PUBLIC_PATHS`` needs ``Authorization: Bearer <read token>``."""
-    if request.path not in PUBLIC_PATHS:
+    """Everything but ``PUBLIC_PATHS`` and the static files needs
+    ``Authorization: Bearer <read token>``."""
+    path = request.path
+    static = path.startswith(PUBLIC_PREFIX) and "/" not in path[len(PUBLIC_PREFIX) :]
+    if path not in PUBLIC_PATHS and not static:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         offered = token.strip().encode("utf-8", "surrogateescape")
         valid = [hmac.compare_digest(offered, t) for t in request.app[read_tokens_key]]

@@ -7,6 +7,7 @@ import base64
 import binascii
 import json
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -15,8 +16,9 @@ from events.catalog import JOB_ID, JOB_STATUSES, job_stream
 from events.errors import StorageUnavailable
 from events.store import connect, read_stream
 from projections import reads
+from service import deliveries
 from service.errors import ApiError, json_response
-from service.keys import pool_key, settings_key
+from service.keys import deliveries_key, pool_key, settings_key
 from service.migrate import pending_migrations
 
 MAX_LIMIT = 500
@@ -132,6 +134,31 @@ async def job_events(request: web.Request) -> web.Response:
     if not events:
         raise ApiError(404, "Job not found")
     return json_response({"events": [e.to_json() for e in events]})
+
+
+async def list_heartbeats(request: web.Request) -> web.Response:
+    settings = request.app[settings_key]
+    async with connect(request.app[pool_key]) as conn:
+        heartbeats = await reads.list_heartbeats(
+            conn,
+            now=datetime.now(UTC),
+            stale_after_s=settings.stale_after_s,
+            stale=_bool_param(request, "stale"),
+        )
+    return json_response({"heartbeats": heartbeats})
+
+
+async def list_projections(request: web.Request) -> web.Response:
+    async with connect(request.app[pool_key]) as conn:
+        progress = await reads.projection_progress(conn, now=datetime.now(UTC))
+    return json_response({"projections": progress})
+
+
+async def list_deliveries(request: web.Request) -> web.Response:
+    """This process's recent ingest attempts, newest first (see ``service.deliveries``)."""
+    limit = _int_param(request, "limit", deliveries.DEFAULT_LIMIT, 1, deliveries.CAPACITY)
+    newest = request.app[deliveries_key].newest(limit)
+    return json_response({"deliveries": [asdict(d) for d in newest]})
 
 
 async def healthz(_request: web.Request) -> web.Response:

@@ -1,0 +1,140 @@
+"""The recent ingest attempts behind ``GET /api/deliveries``, accepted and refused.
+
+A middleware around the ingest route records each attempt's outcome once it is known; ingest
+itself only notes what the response cannot say (the scheme that verified, why a signature was
+refused) with ``note``. Nothing of a request is kept but those facts: no body, no signature.
+The log is a ring of ``CAPACITY`` entries per process, so a flood of refused requests costs a
+fixed amount of memory; several processes each keep their own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from itertools import islice
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from events.errors import StorageUnavailable
+from service.errors import ApiError
+from service.keys import deliveries_key
+
+INGEST_PATH = "/api/webhooks/github"
+CAPACITY = 1000
+DEFAULT_LIMIT = 200
+MAX_REASON = 300  # characters kept of a refusal's reason
+# What ingest noted about the request in flight; set afresh by the middleware for each one.
+_NOTES: ContextVar[dict[str, str | None] | None] = ContextVar("delivery_notes", default=None)
+_OUTCOMES = {
+    400: "invalid_payload",
+    401: "invalid_signature",
+    408: "timeout",
+    413: "too_large",
+    415: "unsupported_media_type",
+    503: "unavailable",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    received_at: datetime
+    scheme: str | None
+    outcome: str
+    status_code: int
+    reason: str | None
+    job_id: str | None
+    event_id: str | None
+
+
+class DeliveryLog:
+    """The last ``capacity`` deliveries of this process."""
+
+    def __init__(self, capacity: int = CAPACITY) -> None:
+        self._ring: deque[Delivery] = deque(maxlen=capacity)
+
+    def record(self, delivery: Delivery) -> None:
+        self._ring.append(delivery)
+
+    def newest(self, limit: int) -> list[Delivery]:
+        return list(islice(reversed(self._ring), limit))
+
+
+def note(**facts: str | None) -> None:
+    """Tell the delivery log something about the request in flight that its response will
+    not show (outside the ingest route, nothing is recorded)."""
+    notes = _NOTES.get()
+    if notes is not None:
+        notes.update(facts)
+
+
+def _reason(error: ApiError) -> str:
+    details = error.extra.get("details")
+    if isinstance(details, list) and details and isinstance(details[0], dict):
+        first = details[0]
+        where = ".".join(str(part) for part in first.get("loc", []))
+        return f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+    return error.message
+
+
+def _shorten(reason: str | None) -> str | None:
+    return reason if reason is None or len(reason) <= MAX_REASON else reason[:MAX_REASON] + "…"
+
+
+def _accepted(response: web.StreamResponse) -> dict[str, Any]:
+    body = response.body if isinstance(response, web.Response) else None
+    answer = json.loads(body) if isinstance(body, bytes) else {}
+    return answer if isinstance(answer, dict) else {}
+
+
+@web.middleware
+async def record_deliveries(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Record each ``POST`` to the ingest route. Sits inside ``json_errors``, so it sees the
+    errors themselves and leaves their rendering to it."""
+    if request.path != INGEST_PATH or request.method != "POST":
+        return await handler(request)
+    received_at = datetime.now(UTC)
+    notes: dict[str, str | None] = {}
+    reset = _NOTES.set(notes)
+    status, outcome = 500, "error"
+    reason: str | None = "internal error"
+    event_id: Any = None
+    try:
+        response = await handler(request)
+        status = response.status
+        if status == 200:
+            answer = _accepted(response)
+            event_id = answer.get("event_id")
+            outcome = "duplicate" if answer.get("duplicate") else "accepted"
+            reason = None
+        return response
+    except ApiError as error:
+        status, reason = error.status, _reason(error)
+        outcome = _OUTCOMES.get(status, "error")
+        raise
+    except StorageUnavailable:
+        status, reason, outcome = 503, "storage unavailable", "unavailable"
+        raise
+    except web.HTTPException as error:
+        status, reason = error.status, error.reason
+        outcome = _OUTCOMES.get(status, "error")
+        raise
+    finally:
+        _NOTES.reset(reset)
+        job_id = structlog.contextvars.get_contextvars().get("job_id")
+        request.app[deliveries_key].record(
+            Delivery(
+                received_at=received_at,
+                scheme=notes.get("scheme"),
+                outcome=outcome,
+                status_code=status,
+                reason=_shorten(notes.get("reason", reason)) if status != 200 else None,
+                job_id=job_id if isinstance(job_id, str) else None,
+                event_id=event_id if isinstance(event_id, str) else None,
+            )
+        )
