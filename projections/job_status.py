@@ -53,17 +53,18 @@ class JobStatus:
     status: str
     created_at: datetime
     updated_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    run_id: int | None
-    run_attempt: int | None
-    agent_id: str | None
-    region: str | None
-    message: str | None
-    error: str | None
-    event_count: int
-    last_position: int
-    late_event_count: int
+    # What a job starts with (``_new``); every field is a column of the table, in its order.
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    run_id: int | None = None
+    run_attempt: int | None = None
+    agent_id: str | None = None
+    region: str | None = None
+    message: str | None = None
+    error: str | None = None
+    event_count: int = 0
+    last_position: int = 0
+    late_event_count: int = 0
 
 
 _IDENTITY = ("run_id", "run_attempt", "agent_id", "region", "message", "error")
@@ -84,23 +85,7 @@ def job_key(event: RecordedEvent) -> str | None:
 
 def _new(job_id: str, event: RecordedEvent, status: str) -> JobStatus:
     at = event.received_at
-    return JobStatus(
-        job_id=job_id,
-        status=status,
-        created_at=at,
-        updated_at=at,
-        started_at=None,
-        finished_at=None,
-        run_id=None,
-        run_attempt=None,
-        agent_id=None,
-        region=None,
-        message=None,
-        error=None,
-        event_count=0,
-        last_position=event.position,
-        late_event_count=0,
-    )
+    return JobStatus(job_id, status, at, at, last_position=event.position)
 
 
 def _reported(event: RecordedEvent) -> dict[str, Any]:
