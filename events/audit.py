@@ -6,7 +6,11 @@ only the last event of each stream: memory grows with the number of streams, not
 
 What an edit behind the database's back leaves (triggers disabled, ``session_replication_role
 = replica``, a restored dump):
-- a changed body (data, metadata, type, version, event id, received_at) or hash: ``hash``;
+- a changed body (data, metadata, type, version, event id, received_at; for an event kept with
+  its raw request, that request's body, content type or signed headers) or hash: ``hash``;
+- a changed ``data`` of an event kept with its raw request (the chain covers the raw bytes,
+  ``data`` is their parsed copy): ``data``;
+- a removed raw request, or a digest version changed: ``raw`` or ``digest_version``;
 - a removed event: the next one's ``stream_position`` and ``prev_hash``, or, for the last one,
   a stream head that names a later event;
 - two events swapped (positions or bodies): ``stream_position`` and/or ``hash`` at both;
@@ -19,7 +23,14 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from events.hashing import GENESIS_HASH, broken_links, chain_hash, event_digest
+from events.hashing import (
+    GENESIS_HASH,
+    broken_links,
+    chain_hash,
+    event_digest,
+    evidence_problems,
+    parsed_payload,
+)
 from events.models import RecordedEvent
 from events.store import Connection, Q
 
@@ -29,7 +40,10 @@ _EVENT_DETAIL = {
     "prev_hash": "does not link to the previous event of the stream: an event was removed,"
     " inserted or reordered",
     "hash": "the stored event no longer matches its hash: its body (event_id, type, version,"
-    " data, metadata or received_at) or its hash was changed",
+    " data, metadata or received_at), its raw request or its hash was changed",
+    "data": "data is not the parse of the stored raw request: one of them was changed",
+    "raw": "the raw request does not fit the digest version: it was removed or added",
+    "digest_version": "the digest version is not one jobtrail writes",
 }
 
 
@@ -89,21 +103,13 @@ class ChainAuditor:
         self.events += 1
         last = self._last.get(event.stream_id)
         prev_hash, prev_position = (last.hash, last.stream_position) if last else (GENESIS_HASH, 0)
-        expected = {
-            "stream_position": (prev_position + 1, event.stream_position),
-            "prev_hash": (prev_hash, event.prev_hash),
-            "hash": (
-                chain_hash(event.prev_hash, event.stream_position, event_digest(event)),
-                event.hash,
-            ),
-        }
         problems = [
             Problem(
                 "event",
                 event.stream_id,
                 event.position,
                 name,
-                *expected[name],
+                *_expected_and_actual(name, event, prev_hash, prev_position),
                 detail=_EVENT_DETAIL[name],
                 extra={"stream_position": event.stream_position},
             )
@@ -155,6 +161,28 @@ class ChainAuditor:
                 )
             )
         return problems
+
+
+def _expected_and_actual(
+    name: str, event: RecordedEvent, prev_hash: bytes, prev_position: int
+) -> tuple[Any, Any]:
+    """What the evidence says ``name`` should be at ``event``, and what is stored."""
+    if name == "stream_position":
+        return prev_position + 1, event.stream_position
+    if name == "prev_hash":
+        return prev_hash, event.prev_hash
+    if name == "hash":
+        return chain_hash(event.prev_hash, event.stream_position, event_digest(event)), event.hash
+    if name == "data":
+        assert event.raw is not None
+        try:
+            return parsed_payload(event.raw), event.data
+        except ValueError as error:
+            return f"a JSON payload (the raw body is not one: {error})", event.data
+    if name == "raw":
+        return ("absent", "present") if event.digest_version == 1 else ("present", "absent")
+    assert evidence_problems(event) == ["digest_version"]
+    return "1 or 2", event.digest_version
 
 
 # The streams columns, in the order of ``_Last``'s fields.

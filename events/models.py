@@ -6,6 +6,7 @@ Events are immutable facts. ``NewEvent`` is built by the caller (the server cloc
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +21,25 @@ def format_timestamp(moment: datetime) -> str:
     """A fixed-width UTC timestamp with microseconds: how every time is hashed, stored in
     metadata and shown (``2026-11-27T10:00:00.123456Z``)."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True)
+class RawRequest:
+    """The evidence of an event received over HTTP: the request body exactly as it arrived, its
+    ``Content-Type`` and the headers that authenticated it (lower-case names; signatures and
+    ids, never a secret). The hash chain covers these bytes; ``data`` is their parsed copy."""
+
+    body: bytes
+    content_type: str
+    headers: Mapping[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready: the body in base64 (it need not be text)."""
+        return {
+            "body_base64": base64.b64encode(self.body).decode("ascii"),
+            "content_type": self.content_type,
+            "headers": dict(self.headers),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +63,12 @@ class NewEvent:
     idempotency_key: str | None = None
     expected_version: int | None = None
     event_id: UUID = field(default_factory=uuid4)
+    raw: RawRequest | None = None
+
+    @property
+    def digest_version(self) -> int:
+        """How the event is hashed (``events.hashing``): 2 with a raw request, else 1."""
+        return 1 if self.raw is None else 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +86,11 @@ class AppendResult:
 
 @dataclass(frozen=True, slots=True)
 class RecordedEvent:
-    """An event as stored, with its place in the global order and in its stream."""
+    """An event as stored, with its place in the global order and in its stream.
+
+    ``raw`` is the request it was received as, when it was and when the reader fetched it (the
+    projector's reads leave it out); ``digest_version`` says how its hash was computed.
+    """
 
     position: int
     event_id: UUID
@@ -73,6 +103,8 @@ class RecordedEvent:
     received_at: datetime
     prev_hash: bytes
     hash: bytes
+    digest_version: int = 1
+    raw: RawRequest | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The event as the read API and the CLI show it (JSON-ready values only)."""

@@ -20,16 +20,20 @@ SELECT NULL, NULL, NULL, key, event_id, position
 WITH batch AS (
     SELECT *
       FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::int[], $6::jsonb[],
-                  $7::jsonb[], $8::timestamptz[], $9::bytea[], $10::bytea[], $11::text[])
+                  $7::jsonb[], $8::timestamptz[], $9::bytea[], $10::bytea[], $11::text[],
+                  $12::smallint[], $13::bytea[], $14::text[], $15::jsonb[])
            WITH ORDINALITY
            AS b(event_id, stream_id, stream_position, type, version, data, metadata,
-                received_at, prev_hash, hash, idempotency_key, ord)
+                received_at, prev_hash, hash, idempotency_key, digest_version, raw_body,
+                raw_content_type, raw_headers, ord)
 ),
 inserted AS (
     INSERT INTO events (event_id, stream_id, stream_position, type, version, data, metadata,
-                        received_at, prev_hash, hash)
+                        received_at, prev_hash, hash, digest_version, raw_body,
+                        raw_content_type, raw_headers)
     SELECT event_id, stream_id, stream_position, type, version, data, metadata,
-           received_at, prev_hash, hash
+           received_at, prev_hash, hash, digest_version, raw_body, raw_content_type,
+           raw_headers
       FROM batch
      ORDER BY ord
     RETURNING position, event_id, stream_id, stream_position, hash
@@ -53,17 +57,27 @@ keys AS (
 SELECT event_id, position FROM inserted
 
 -- name: read_all --
+-- The projector's read: never the raw request (it folds data only; bodies are the bulk).
 SELECT position, event_id, stream_id, stream_position, type, version, data, metadata,
-       received_at, prev_hash, hash
+       received_at, prev_hash, hash, digest_version
   FROM events
  WHERE position > $1
  ORDER BY position
  LIMIT $2
 
 -- name: read_range --
--- A keyset page: $1 < position <= $2, at most $3 events.
+-- A keyset page: $1 < position <= $2, at most $3 events (without the raw request).
 SELECT position, event_id, stream_id, stream_position, type, version, data, metadata,
-       received_at, prev_hash, hash
+       received_at, prev_hash, hash, digest_version
+  FROM events
+ WHERE position > $1 AND position <= $2
+ ORDER BY position
+ LIMIT $3
+
+-- name: read_range_raw --
+-- read_range with each event's raw request: what auditing the chains needs.
+SELECT position, event_id, stream_id, stream_position, type, version, data, metadata,
+       received_at, prev_hash, hash, digest_version, raw_body, raw_content_type, raw_headers
   FROM events
  WHERE position > $1 AND position <= $2
  ORDER BY position
@@ -71,10 +85,23 @@ SELECT position, event_id, stream_id, stream_position, type, version, data, meta
 
 -- name: read_stream --
 SELECT position, event_id, stream_id, stream_position, type, version, data, metadata,
-       received_at, prev_hash, hash
+       received_at, prev_hash, hash, digest_version
   FROM events
  WHERE stream_id = $1
  ORDER BY stream_position
+
+-- name: read_stream_raw --
+SELECT position, event_id, stream_id, stream_position, type, version, data, metadata,
+       received_at, prev_hash, hash, digest_version, raw_body, raw_content_type, raw_headers
+  FROM events
+ WHERE stream_id = $1
+ ORDER BY stream_position
+
+-- name: read_event --
+SELECT position, event_id, stream_id, stream_position, type, version, data, metadata,
+       received_at, prev_hash, hash, digest_version, raw_body, raw_content_type, raw_headers
+  FROM events
+ WHERE event_id = $1
 
 -- name: head_position --
 SELECT coalesce(max(position), 0) FROM events
@@ -85,7 +112,8 @@ SELECT stream_id, version, last_hash, last_position FROM streams ORDER BY stream
 -- name: export_events --
 -- For a cursor: $1 < position <= $2, in position order, with each event's idempotency key.
 SELECT e.position, e.event_id, e.stream_id, e.stream_position, e.type, e.version, e.data,
-       e.metadata, e.received_at, e.prev_hash, e.hash, k.key AS idempotency_key
+       e.metadata, e.received_at, e.prev_hash, e.hash, e.digest_version, e.raw_body,
+       e.raw_content_type, e.raw_headers, k.key AS idempotency_key
   FROM events e
   LEFT JOIN idempotency_keys k ON k.event_id = e.event_id
  WHERE e.position > $1 AND e.position <= $2

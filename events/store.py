@@ -35,7 +35,7 @@ from asyncpg.pool import PoolConnectionProxy
 from events.errors import translate
 from events.hashing import GENESIS_HASH, chain_hash, event_digest
 from events.locks import APPEND_LOCK, EVENTS_CHANNEL
-from events.models import AppendResult, NewEvent, RecordedEvent, StreamId
+from events.models import AppendResult, NewEvent, RawRequest, RecordedEvent, StreamId
 from events.sql import load_queries
 from events.upcasters import UPCASTERS, Upcasters
 
@@ -155,6 +155,8 @@ async def insert_rows(conn: Connection, rows: Sequence[Row]) -> dict[UUID, int]:
                 r.prev_hash,
                 r.hash,
                 r.idempotency_key,
+                r.event.digest_version,
+                *_raw_columns(r.event.raw),
             )
             for r in rows
         ),
@@ -164,8 +166,18 @@ async def insert_rows(conn: Connection, rows: Sequence[Row]) -> dict[UUID, int]:
     return {row["event_id"]: row["position"] for row in inserted}
 
 
+def _raw_columns(raw: RawRequest | None) -> tuple[bytes | None, str | None, Any]:
+    if raw is None:
+        return None, None, None
+    return raw.body, raw.content_type, dict(raw.headers)
+
+
 def recorded(row: asyncpg.Record) -> RecordedEvent:
-    """A row of ``events`` (all its columns) as a ``RecordedEvent``."""
+    """A row of ``events`` as a ``RecordedEvent``; ``raw`` only if the query selected it."""
+    body = row.get("raw_body")
+    raw = None
+    if body is not None:
+        raw = RawRequest(bytes(body), row["raw_content_type"], row["raw_headers"])
     return RecordedEvent(
         position=row["position"],
         event_id=row["event_id"],
@@ -178,6 +190,8 @@ def recorded(row: asyncpg.Record) -> RecordedEvent:
         received_at=row["received_at"],
         prev_hash=bytes(row["prev_hash"]),
         hash=bytes(row["hash"]),
+        digest_version=row["digest_version"],
+        raw=raw,
     )
 
 
@@ -203,18 +217,19 @@ async def scan(
     until: int | None = None,
     page: int = 10_000,
     upcasters: Upcasters | None = UPCASTERS,
+    raw: bool = False,
 ) -> AsyncIterator[list[RecordedEvent]]:
     """The events with ``after`` < position <= ``until`` (default: the head), in position
     order, a page at a time: one short keyset query per page, so memory stays flat however
     long the log, and no transaction is needed (run it inside one for a consistent snapshot).
 
-    ``upcasters=None`` yields the events as stored (what the hash chain covers).
+    ``upcasters=None`` yields the events as stored (what the hash chain covers); ``raw`` reads
+    their raw requests too (auditing needs them, folding does not).
     """
+    query = Q["read_range_raw" if raw else "read_range"]
     last = after
     while True:
-        rows = await conn.fetch(
-            Q["read_range"], last, MAX_POSITION if until is None else until, page
-        )
+        rows = await conn.fetch(query, last, MAX_POSITION if until is None else until, page)
         if not rows:
             return
         events = [recorded(r) for r in rows]
@@ -222,9 +237,17 @@ async def scan(
         yield events if upcasters is None else [upcasters.upcast(e) for e in events]
 
 
-async def read_stream(conn: Connection, stream_id: str) -> list[RecordedEvent]:
-    """Every event of one stream, in stream order."""
-    return [recorded(r) for r in await conn.fetch(Q["read_stream"], stream_id)]
+async def read_stream(conn: Connection, stream_id: str, *, raw: bool = True) -> list[RecordedEvent]:
+    """Every event of one stream, in stream order; with their raw requests unless ``raw`` is
+    false (enough to show them, not to check their hashes)."""
+    query = Q["read_stream_raw" if raw else "read_stream"]
+    return [recorded(r) for r in await conn.fetch(query, stream_id)]
+
+
+async def read_event(conn: Connection, event_id: UUID) -> RecordedEvent | None:
+    """One event by its id, with its raw request; None if there is none."""
+    row = await conn.fetchrow(Q["read_event"], event_id)
+    return None if row is None else recorded(row)
 
 
 async def head_position(conn: Connection) -> int:

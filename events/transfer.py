@@ -1,10 +1,13 @@
 """Moving events between databases: ``export`` as JSON Lines, ``import`` keeping everything.
 
 An exported line is one stored event, whole: position (in the source), event id, stream, stream
-position, type, version, data, metadata, received_at, prev_hash and hash (hex), and its
-idempotency key (null without one). ``import`` appends lines to another log keeping all of it
-but the global position, which the target assigns anew in file order. Because the hash chain
-leaves global positions out, the imported chains verify in the target as they did in the source.
+position, type, version, data, metadata, received_at, prev_hash and hash (hex), its idempotency
+key (null without one), its digest version and its raw request (``{"body_base64",
+"content_type", "headers"}``, null for derived events). Lines without the last two (files of an
+earlier release) are digest version 1 without a raw request. ``import`` appends lines to another
+log keeping all of it but the global position, which the target assigns anew in file order.
+Because the hash chain leaves global positions out, the imported chains verify in the target as
+they did in the source.
 
 An import is one transaction under the append lock (see ``events.store``): the file's chains
 are checked as they are read, continuing from the target's stream heads, and any line that does
@@ -15,6 +18,8 @@ adds nothing. Commit NOTIFYs the projectors like any append.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
@@ -26,7 +31,7 @@ from uuid import UUID
 from events.errors import EventStoreError
 from events.hashing import GENESIS_HASH, broken_links
 from events.locks import APPEND_LOCK, EVENTS_CHANNEL
-from events.models import RecordedEvent, StreamId, format_timestamp
+from events.models import RawRequest, RecordedEvent, StreamId, format_timestamp
 from events.store import MAX_POSITION, Connection, Q, Row, insert_rows, recorded
 
 
@@ -54,6 +59,8 @@ def to_line(event: RecordedEvent, idempotency_key: str | None) -> dict[str, Any]
         "prev_hash": event.prev_hash.hex(),
         "hash": event.hash.hex(),
         "idempotency_key": idempotency_key,
+        "digest_version": event.digest_version,
+        "raw": None if event.raw is None else event.raw.to_json(),
     }
 
 
@@ -84,6 +91,22 @@ def _hash(document: dict[str, Any], name: str) -> bytes:
     return value
 
 
+def _raw(document: dict[str, Any]) -> RawRequest | None:
+    raw = document.get("raw")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise ValueError("raw must be an object or null")
+    headers = _typed(raw, "headers", dict)
+    if not all(isinstance(v, str) for v in headers.values()):
+        raise ValueError("raw.headers must map names to strings")
+    try:
+        body = base64.b64decode(_typed(raw, "body_base64", str), validate=True)
+    except binascii.Error:
+        raise ValueError("raw.body_base64 is not base64") from None
+    return RawRequest(body, _typed(raw, "content_type", str), headers)
+
+
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -112,7 +135,11 @@ def parse_line(number: int, text: str) -> tuple[RecordedEvent, str | None]:
             received_at=received_at,
             prev_hash=_hash(document, "prev_hash"),
             hash=_hash(document, "hash"),
+            digest_version=document.get("digest_version", 1),
+            raw=_raw(document),
         )
+        if not isinstance(event.digest_version, int) or isinstance(event.digest_version, bool):
+            raise ValueError("digest_version must be an int")
     except KeyError as error:
         raise ImportRefused(number, f"not an exported event: {error.args[0]} is missing") from None
     except (ValueError, TypeError) as error:

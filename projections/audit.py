@@ -9,11 +9,12 @@ model is replayed in memory up to its own checkpoint and compared, row by row, w
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from events.audit import ChainAuditor, Problem
+from events.models import RecordedEvent
 from events.store import Connection, head_position, scan
 from events.upcasters import UPCASTERS, Upcasters
 from projections.base import AnyProjection
@@ -88,9 +89,12 @@ async def compare(
     upcasters: Upcasters = UPCASTERS,
     page: int = 10_000,
     progress: Progress | None = None,
+    inspect: Callable[[RecordedEvent], list[Problem]] | None = None,
 ) -> Comparison:
     """Replay ``projections`` up to their checkpoints and compare them with their tables; with
-    ``chains``, also check every stream's hash chain and head (the whole log: ``verify``)."""
+    ``chains``, also check every stream's hash chain and head, and each event's data against
+    its raw request (the whole log: ``verify``), passing every stored event to ``inspect``
+    too (``verify --signatures``), whose problems are reported with the chains'."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         stored = {r["name"]: r["position"] for r in await conn.fetch(Q["read_checkpoints"])}
         checkpoints = {p.name: stored.get(p.name, 0) for p in projections}
@@ -99,9 +103,11 @@ async def compare(
         problems: list[Problem] = []
         if chains:
             head = await head_position(conn)
-            async for events in scan(conn, until=head, page=page, upcasters=None):
+            async for events in scan(conn, until=head, page=page, upcasters=None, raw=True):
                 for event in events:
                     problems += auditor.check(event)
+                    if inspect is not None:
+                        problems += inspect(event)
                     fold.apply(upcasters.upcast(event))
                 fold.position = events[-1].position
                 if progress is not None:

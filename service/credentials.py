@@ -64,3 +64,14 @@ def ensure_credentials(settings: Settings) -> Credentials:
     if not settings.read_tokens:
         update["read_tokens"] = (SecretStr(stored["read_token"]),)
     return Credentials(settings.model_copy(update=update), generated, path)
+
+
+def with_stored_secret(settings: Settings) -> Settings:
+    """``settings`` with the callback secret ``serve`` generated, when none is configured and
+    the data dir holds one; nothing is generated (``verify --signatures``)."""
+    if settings.callback_secret is not None:
+        return settings
+    stored = _load(settings.data_dir / FILENAME)
+    if "callback_secret" not in stored:
+        return settings
+    return settings.model_copy(update={"callback_secret": SecretStr(stored["callback_secret"])})

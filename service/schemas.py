@@ -66,6 +66,39 @@ class EventList(Shape):
     events: list[Event]
 
 
+class RawRequest(Shape):
+    """The request an event was received as: the body byte for byte, its Content-Type, and
+    the headers that authenticated it (lower-case names). Never a secret."""
+
+    body_base64: str = Field(description="the request body exactly as received, in base64")
+    content_type: str
+    headers: dict[str, str]
+
+
+class SignatureCheck(Shape):
+    verified: bool = Field(
+        description="the stored request's signature verifies with a configured secret now "
+        "(the timestamp tolerance is not applied)"
+    )
+    key: Literal["primary", "rotated"] | None = Field(
+        description="primary: GITHUB_CALLBACK_SECRET (GITHUB_WEBHOOK_SECRET for native GitHub "
+        "deliveries); rotated: one of JOBTRAIL_CALLBACK_SECRETS; null when none verifies"
+    )
+
+
+class EventDetail(Event):
+    """One event with its place in its stream's hash chain and the evidence it was kept with."""
+
+    stream_id: str
+    prev_hash: str = Field(pattern="^[0-9a-f]{64}$", description="hex")
+    hash: str = Field(pattern="^[0-9a-f]{64}$", description="hex")
+    digest_version: Literal[1, 2] = Field(
+        description="1: canonical JSON of the event; 2: canonical envelope plus the raw body"
+    )
+    raw: RawRequest | None = Field(description="null for events the service derives itself")
+    signature: SignatureCheck | None = Field(description="null when there is no raw request")
+
+
 class Heartbeat(Shape):
     job_id: str
     last_heartbeat_at: datetime

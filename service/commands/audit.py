@@ -1,19 +1,28 @@
 """``jobtrail history`` (one job's timeline, each event's hash checked) and ``jobtrail verify``
-(every chain and stream head, and every projection against a replay: ``projections.audit``)."""
+(every chain and stream head, every event's data against its raw request, and every projection
+against a replay: ``projections.audit``; with ``--signatures``, every stored request's signature
+against the configured secrets)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass, field
 from typing import Any
 
 from events.audit import Problem
 from events.catalog import job_stream
 from events.hashing import check_chain
+from events.models import RecordedEvent
 from events.store import connect, read_stream
 from projections.audit import Comparison, compare
 from service.commands import common
-from service.settings import Settings
+from service.credentials import with_stored_secret
+from service.settings import Settings, serve_flags
+from service.signatures import Keyring, check_signature, keyring_for
+
+# The settings ``verify --signatures`` takes as flags too (as ``serve`` does).
+_SECRET_SETTINGS = ("callback_secret", "callback_secrets", "webhook_secret", "data_dir")
 
 
 def register(commands: common.Subcommands) -> None:
@@ -26,7 +35,15 @@ def register(commands: common.Subcommands) -> None:
     )
     history.add_argument("job_id")
     verify_help = "re-check every hash chain and every projection against a replay"
-    common.add_command(commands, "verify", cmd_verify, help=verify_help, json=True)
+    verify = common.add_command(commands, "verify", cmd_verify, help=verify_help, json=True)
+    verify.add_argument(
+        "--signatures",
+        action="store_true",
+        help="also re-check every stored request's signature against the configured secrets",
+    )
+    for flag in serve_flags():
+        if flag.field in _SECRET_SETTINGS:
+            verify.add_argument(flag.flag, dest=flag.field, type=flag.type, help=flag.help)
 
 
 # -- history -----------------------------------------------------------------------------------
@@ -84,17 +101,75 @@ def _describe(problem: Problem) -> str:
     )
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
-    """Re-compute every stream's hash chain and head, and compare a fresh in-memory replay up
-    to each projection's checkpoint with the stored projection, all in one snapshot (safe
-    while the service runs). Exit 1 naming the stream, position and field of any difference."""
+@dataclass
+class SignatureAudit:
+    """Re-checks each stored request's signature (``verify --signatures``), ignoring the
+    timestamp tolerance: who sent it, not when. Unverified requests are problems; those signed
+    with a rotated key (not ``GITHUB_CALLBACK_SECRET``) are listed."""
 
-    async def work(pool: common.Pool, _settings: Settings) -> Comparison:
+    keyring: Keyring
+    checked: int = 0
+    rotated: list[dict[str, Any]] = field(default_factory=list)
+
+    def __call__(self, event: RecordedEvent) -> list[Problem]:
+        if event.raw is None:
+            return []
+        self.checked += 1
+        where = {"stream_position": event.stream_position, "event_id": str(event.event_id)}
+        verified = check_signature(event.raw, self.keyring)
+        if verified is None:
+            scheme = event.metadata.get("scheme", "its")
+            detail = f"event {event.event_id}: its {scheme} signature verifies with none of"
+            detail += " the configured secrets"
+            return [
+                Problem(
+                    "signature",
+                    event.stream_id,
+                    event.position,
+                    "signature",
+                    "a configured secret",
+                    "none",
+                    detail,
+                    where,
+                )
+            ]
+        if verified.rotated:
+            self.rotated.append(
+                {"stream_id": event.stream_id, "position": event.position, **where}
+                | {"key": verified.key_name}
+            )
+        return []
+
+    def to_json(self) -> dict[str, Any]:
+        return {"checked": self.checked, "rotated": self.rotated}
+
+
+def _signature_audit(settings: Settings) -> SignatureAudit:
+    settings = with_stored_secret(settings)
+    if settings.callback_secret is None:
+        print("jobtrail: no GITHUB_CALLBACK_SECRET configured or generated", file=sys.stderr)
+    return SignatureAudit(keyring_for(settings))
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Re-compute every stream's hash chain and head, check that each event's data is the
+    parse of its stored raw request, and compare a fresh in-memory replay up to each
+    projection's checkpoint with the stored projection, all in one snapshot (safe while the
+    service runs). Exit 1 naming the stream, position and field of any difference.
+
+    With --signatures, also re-check every stored request's signature against
+    GITHUB_CALLBACK_SECRET, JOBTRAIL_CALLBACK_SECRETS and GITHUB_WEBHOOK_SECRET (environment or
+    flags, as for serve), ignoring the timestamp tolerance: exit 1 naming every event whose
+    signature verifies with none of them, and list those signed with a rotated secret."""
+
+    async def work(pool: common.Pool, settings: Settings) -> tuple[Comparison, Any]:
+        audit = _signature_audit(settings) if args.signatures else None
         with common.progress_bar("verifying") as progress:
             async with connect(pool) as conn:
-                return await compare(conn, chains=True, progress=progress)
+                result = await compare(conn, chains=True, progress=progress, inspect=audit)
+        return result, audit
 
-    result = common.run(args, work)
+    result, audit = common.run(args, work)
     problems = result.all_problems()
     if args.json:
         common.print_json(
@@ -104,6 +179,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 "streams": result.streams,
                 "events": result.events,
                 "projections": result.checkpoints,
+                **({"signatures": audit.to_json()} if audit is not None else {}),
             }
         )
     else:
@@ -111,5 +187,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
             print(_describe(problem))
         checked = ", ".join(f"{name} at {at}" for name, at in result.checkpoints.items())
         summary = f"{result.events} events in {result.streams} streams; projections {checked}"
+        if audit is not None:
+            for signed in audit.rotated:
+                print(
+                    f"rotated key: {signed['stream_id']} position {signed['position']}: event"
+                    f" {signed['event_id']} is signed with {signed['key']}, not the primary"
+                    " GITHUB_CALLBACK_SECRET"
+                )
+            summary += f"; {audit.checked} signatures checked, {len(audit.rotated)} by a"
+            summary += " rotated key"
         print(f"{len(problems)} problems: {summary}" if problems else f"ok: {summary}")
     return common.EXIT_FOUND if problems else common.EXIT_OK

@@ -51,5 +51,6 @@ export async function loadAllJobs(onPage, { pageSize = 500, max = 200000 } = {})
 }
 
 export const jobEvents = (jobId) => getJson(`/api/jobs/${encodeURIComponent(jobId)}/events`);
+export const eventDetail = (eventId) => getJson(`/api/events/${encodeURIComponent(eventId)}`);
 export const projections = () => getJson("/api/projections");
 export const deliveries = (limit) => getJson(`/api/deliveries?limit=${limit}`);

@@ -1,9 +1,11 @@
 // A job's timeline in a drawer: its summary, the heartbeat intervals, and every event with its
-// payload (as text). Esc or the close button closes it and gives focus back.
+// payload (as text) and, on demand, the exact request it was received as (request.js). Esc or
+// the close button closes it and gives focus back.
 
 import { jobEvents, serverNow } from "./api.js";
 import { heartbeatIntervals } from "./charts.js";
 import { isLive } from "./jobs.js";
+import { requestSection } from "./request.js";
 import { statusBadge } from "./table.js";
 import { clear, dateTime, duration, h, parseTime } from "./util.js";
 
@@ -22,7 +24,7 @@ function intervalsOf(events, job) {
   return { intervals, ongoing, count: beats.length };
 }
 
-function eventCard(event, highlight) {
+function eventCard(event, highlight, requests) {
   const status = typeof event.data?.status === "string" ? event.data.status : null;
   const scheme = event.metadata?.scheme;
   return h(
@@ -43,6 +45,7 @@ function eventCard(event, highlight) {
       h("summary", {}, "metadata"),
       h("pre", { class: "payload" }, JSON.stringify(event.metadata, null, 2)),
     ),
+    requestSection(event.event_id, requests),
   );
 }
 
@@ -52,6 +55,7 @@ export class Timeline {
     this.jobId = null;
     this.returnFocus = null;
     this.highlight = null;
+    this.requests = { open: new Set(), details: new Map() };
     this.title = h("h2", { id: "timeline-title" });
     this.closeButton = h("button", { type: "button", class: "icon-button", "aria-label": "Close timeline" }, "✕");
     this.content = h("div", { class: "drawer-content" });
@@ -77,8 +81,11 @@ export class Timeline {
 
   async open(jobId, { eventId = null } = {}) {
     this.returnFocus = this.isOpen ? this.returnFocus : document.activeElement;
+    if (jobId !== this.jobId) this.requests = { open: new Set(), details: new Map() };
     this.jobId = jobId;
     this.highlight = eventId;
+    // Opened from a delivery: show the request it was.
+    if (eventId) this.requests.open.add(eventId);
     this.title.textContent = jobId;
     this.drawer.hidden = false;
     this.backdrop.hidden = false;
@@ -152,7 +159,7 @@ export class Timeline {
         heartbeatIntervals(intervals, staleAfterS, { ongoing }),
       ),
       h("h3", {}, `Events (${events.length})`),
-      h("ol", { class: "events" }, events.map((e) => eventCard(e, e.event_id === this.highlight))),
+      h("ol", { class: "events" }, events.map((e) => eventCard(e, e.event_id === this.highlight, this.requests))),
     );
     clear(this.content).append(...parts);
     if (this.highlight) document.getElementById(`event-${this.highlight}`)?.scrollIntoView({ block: "center" });

@@ -166,6 +166,44 @@ async def test_payload_text_is_shown_as_text_and_runs_nothing(
         assert await page.locator("body script:not([src])").count() == 0
 
 
+async def test_an_event_shows_the_exact_request_and_whether_its_signature_verifies(
+    client: Client, pool: asyncpg.Pool[Any]
+) -> None:
+    body = (
+        b'{\n  "job_id": "vm-raw",\t"status": "running",\n  "price": 1.50, "zero": -0.0,'
+        b' "note": "caf\\u00e9 <img src=x onerror=\\"window.__pwned = 3\\">"\n}'
+    )
+    response = await client.post("/api/webhooks/github", data=body, headers=standard_headers(body))
+    assert response.status == 200, await response.text()
+    event_id = (await response.json())["event_id"]
+    await wait_for_projection(pool)
+    async with browser_page(client) as page:
+        await sign_in(page)
+        await row(page, "vm-raw").click()
+        event = page.locator(f"#event-{event_id}")
+        async with page.expect_response(lambda r: r.url.endswith(f"/api/events/{event_id}")):
+            await event.locator(".request-details summary").click()
+        request = event.locator(".request")
+        await expect(request.locator(".badge.signature")).to_have_text(
+            "signature re-verifies (the primary key)"
+        )
+        shown = request.locator(".request-body")
+        await expect(shown).to_contain_text('"price": 1.5,')
+        await expect(shown).to_contain_text('"note": "café <img src=x')
+        await expect(request.locator(".request-headers")).to_contain_text("webhook-signature")
+        await request.locator(".request-toggle").click()
+        await expect(shown).to_have_class("payload request-body raw")
+        assert await shown.evaluate("el => el.textContent") == body.decode()
+        await request.locator(".request-toggle").click()
+        await expect(shown).to_contain_text('"price": 1.5,')
+        # A reload of the timeline (the job changed) keeps the request open.
+        await send(client, {"job_id": "vm-raw", "status": "heartbeat"})
+        await expect(page.locator(".drawer .events .event")).to_have_count(2, timeout=3000)
+        await expect(event.locator(".request .badge.signature")).to_be_visible()
+        assert await page.evaluate("window.__pwned") is None
+        assert await page.locator("img[src=x]").count() == 0
+
+
 async def test_a_wrong_token_is_asked_for_again(client: Client) -> None:
     async with browser_page(client) as page:
         await sign_in(page, token="not-the-token")

@@ -82,7 +82,9 @@ async def test_export_then_import_into_an_empty_database(
     assert set(lines[0]) == {
         "position", "event_id", "stream_id", "stream_position", "type", "version",
         "received_at", "data", "metadata", "prev_hash", "hash", "idempotency_key",
+        "digest_version", "raw",
     }  # fmt: skip
+    assert (lines[0]["digest_version"], lines[0]["raw"]) == (1, None)  # no request: version 1
     assert lines[0]["idempotency_key"] == "msg_vm-00000_0"
     assert lines[-1]["idempotency_key"] is None
     assert lines[-1]["data"]["details"]["name"] == "café ✓ \u2028"
