@@ -15,5 +15,9 @@ MIGRATE_LOCK: Final = 7413690202
 # two never build into the same aside tables (projections/replay.py).
 REPLAY_LOCK: Final = 7413690203
 
+# Held (session-level, on a connection of its own) by the one serve process that runs the
+# projector and the watchdog (service/leader.py).
+LEADER_LOCK: Final = 7413690204
+
 # Appenders NOTIFY here at commit; projectors LISTEN (a wake-up hint only).
 EVENTS_CHANNEL: Final = "jobtrail_events"

@@ -2,9 +2,10 @@
 
 The pool, the group-commit appender, the projector and the watchdog are opened by
 ``cleanup_ctx`` and closed in reverse order, so background tasks stop before the pool they use
-is closed. The runner (``service.server``) runs that clean-up only after requests in flight have
-finished, so their appends are answered by a still-running appender; each step of the clean-up
-is bounded, so a stuck task cannot keep the process from exiting.
+is closed; the projector and the watchdog run only in the process that holds the leader lock
+(``service.leader``). The runner (``service.server``) runs that clean-up only after requests in
+flight have finished, so their appends are answered by a still-running appender; each step of
+the clean-up is bounded, so a stuck task cannot keep the process from exiting.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import asyncpg
 from aiohttp import web
 
 from events.appender import Appender
+from events.locks import LEADER_LOCK
 from events.store import register_codecs
 from projections.runner import Projector
 from projections.watchdog import Watchdog
-from service import dashboard, ingest, openapi, read_api, stream
+from service import dashboard, evidence, ingest, openapi, read_api, stream
 from service.deliveries import DeliveryLog, record_deliveries
 from service.keys import (
     appender_key,
@@ -27,6 +29,7 @@ from service.keys import (
     broadcaster_key,
     deliveries_key,
     keyring_key,
+    metrics_key,
     openapi_key,
     pool_key,
     projector_key,
@@ -34,9 +37,11 @@ from service.keys import (
     settings_key,
     tasks_key,
 )
+from service.leader import lead
+from service.metrics import Metrics
 from service.middlewares import bearer_auth, json_errors, request_context
 from service.settings import Settings
-from service.signatures import Keyring
+from service.signatures import keyring_for
 
 POOL_SIZE = 10
 COMMAND_TIMEOUT_S = 30.0
@@ -70,14 +75,28 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _background(app: web.Application) -> AsyncIterator[None]:
-    pool = app[pool_key]
-    app[appender_key] = Appender(pool)
+    pool, metrics = app[pool_key], app[metrics_key]
+    settings = app[settings_key]
+    app[appender_key] = Appender(pool, on_batch=metrics.observe_batch)
     app[projector_key] = Projector(pool, on_commit=app[broadcaster_key].on_commit)
+    watchdog = Watchdog(
+        pool,
+        timeout_s=settings.timeout_after_s,
+        on_timeout=lambda jobs: metrics.watchdog_timeouts.inc(len(jobs)),
+    )
+
+    async def projector_and_watchdog() -> None:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(app[projector_key].run(), name="projector")
+            group.create_task(watchdog.run(), name="watchdog")
+
+    assert settings.database_url is not None
     app[tasks_key] = [
         asyncio.create_task(app[appender_key].run(), name="appender"),
-        asyncio.create_task(app[projector_key].run(), name="projector"),
+        # One process of all that share the database runs these (service.leader).
         asyncio.create_task(
-            Watchdog(pool, timeout_s=app[settings_key].timeout_after_s).run(), name="watchdog"
+            lead(settings.database_url.get_secret_value(), LEADER_LOCK, projector_and_watchdog),
+            name="leader",
         ),
     ]
     yield
@@ -100,15 +119,10 @@ def create_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_body_bytes,
     )
     app[settings_key] = settings
-    callback_secrets = [settings.callback_secret, *settings.callback_secrets]
-    app[keyring_key] = Keyring.from_secrets(
-        [s.get_secret_value() for s in callback_secrets],
-        settings.webhook_secret.get_secret_value() if settings.webhook_secret else None,
-        tolerance_s=settings.signature_tolerance_s,
-        accept_legacy=settings.accept_legacy_signatures,
-    )
+    app[keyring_key] = keyring_for(settings)
     app[read_tokens_key] = tuple(t.get_secret_value().encode() for t in settings.read_tokens)
     app[deliveries_key] = DeliveryLog()
+    app[metrics_key] = Metrics()
     app[broadcaster_key] = stream.Broadcaster(stale_after_s=settings.stale_after_s)
     app[assets_key] = dashboard.load_assets(settings.stale_after_s)
     app[openapi_key] = openapi.document_bytes()
@@ -120,6 +134,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/jobs", read_api.list_jobs)
     app.router.add_get("/api/jobs/{job_id}", read_api.get_job)
     app.router.add_get("/api/jobs/{job_id}/events", read_api.job_events)
+    app.router.add_get("/api/events/{event_id}", evidence.get_event)
     app.router.add_get("/api/heartbeats", read_api.list_heartbeats)
     app.router.add_get("/api/projections", read_api.list_projections)
     app.router.add_get("/api/deliveries", read_api.list_deliveries)
@@ -129,4 +144,5 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/static/{name}", dashboard.static_file)
     app.router.add_get("/healthz", read_api.healthz)
     app.router.add_get("/readyz", read_api.readyz)
+    app.router.add_get("/metrics", read_api.metrics)
     return app

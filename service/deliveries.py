@@ -23,7 +23,7 @@ from aiohttp.typedefs import Handler
 
 from events.errors import StorageUnavailable
 from service.errors import ApiError
-from service.keys import deliveries_key
+from service.keys import deliveries_key, metrics_key
 
 INGEST_PATH = "/api/webhooks/github"
 CAPACITY = 1000
@@ -126,6 +126,7 @@ async def record_deliveries(request: web.Request, handler: Handler) -> web.Strea
         raise
     finally:
         _NOTES.reset(reset)
+        request.app[metrics_key].ingest.labels(notes.get("scheme") or "none", outcome).inc()
         job_id = structlog.contextvars.get_contextvars().get("job_id")
         request.app[deliveries_key].record(
             Delivery(

@@ -11,7 +11,6 @@ import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs
 
 import structlog
 from aiohttp import web
@@ -27,14 +26,15 @@ from events.catalog import (
     job_stream,
 )
 from events.github import run_report
-from events.models import NewEvent, format_timestamp
+from events.hashing import FORM, request_payload
+from events.models import NewEvent, RawRequest, format_timestamp
 from events.store import connect
 from projections import reads
 from service import deliveries
 from service.errors import ApiError, json_response
 from service.keys import appender_key, keyring_key, pool_key, settings_key
 from service.payloads import PayloadError, parse_callback, parse_json
-from service.signatures import SignatureError, Verified, verify_request
+from service.signatures import SignatureError, Verified, signed_headers, verify_request
 
 log = structlog.get_logger(component="ingest")
 
@@ -65,9 +65,9 @@ def _metadata(request: web.Request, verified: Verified, received_at: datetime) -
 
 
 def _callback_event(
-    request: web.Request, verified: Verified, body: bytes, received_at: datetime
+    request: web.Request, verified: Verified, raw: RawRequest, received_at: datetime
 ) -> NewEvent:
-    document, callback = parse_callback(body)
+    document, callback = parse_callback(raw.body)
     structlog.contextvars.bind_contextvars(job_id=callback.job_id)
     if verified.scheme == "legacy":
         verified = Verified("legacy", callback.delivery_id)
@@ -79,17 +79,22 @@ def _callback_event(
         metadata=_metadata(request, verified, received_at),
         received_at=received_at,
         idempotency_key=verified.idempotency_key,
+        raw=raw,
     )
 
 
 async def _github_event(
-    request: web.Request, verified: Verified, body: bytes, received_at: datetime
+    request: web.Request, verified: Verified, raw: RawRequest, received_at: datetime
 ) -> NewEvent:
     event_name = verified.github_event or ""
-    if request.content_type == "application/x-www-form-urlencoded":
-        form = parse_qs(body.decode("utf-8", "replace"), max_num_fields=16)
-        body = form.get("payload", [""])[0].encode("utf-8")
-    document = parse_json(body)
+    try:
+        # The form's payload field, or the body itself: the same text verify checks data by.
+        payload = request_payload(raw)
+    except ValueError:  # more fields than a GitHub form has
+        raise PayloadError(
+            [{"loc": [], "msg": "too many form fields", "type": "value_error"}]
+        ) from None
+    document = parse_json(payload)
     if not isinstance(document, dict):
         raise PayloadError(
             [{"loc": [], "msg": "payload must be a JSON object", "type": "object_type"}]
@@ -113,6 +118,7 @@ async def _github_event(
         metadata=metadata,
         received_at=received_at,
         idempotency_key=verified.idempotency_key,
+        raw=raw,
     )
 
 
@@ -130,25 +136,28 @@ async def receive_webhook(request: web.Request) -> web.Response:
 
     try:
         verified = verify_request(request.headers, body, request.app[keyring_key], time.time())
+        headers = signed_headers(verified, request.headers)
     except SignatureError as error:
         log.info("ingest.refused", reason=error.reason)
         deliveries.note(reason=error.reason)
         raise ApiError(401, "Invalid signature") from None
     deliveries.note(scheme=verified.scheme)
+    structlog.contextvars.bind_contextvars(scheme=verified.scheme)
 
     allowed_form = verified.scheme == "github"
-    if "Content-Type" not in request.headers or not (
-        _is_json(request.content_type)
-        or (allowed_form and request.content_type == "application/x-www-form-urlencoded")
+    if not request.headers.get("Content-Type", "").isprintable() or not (
+        _is_json(request.content_type) or (allowed_form and request.content_type == FORM)
     ):
         raise ApiError(415, "Unsupported Media Type: send application/json")
 
+    # The evidence kept with the event: the body as received, and what authenticated it.
+    raw = RawRequest(body, request.headers["Content-Type"], headers)
     received_at = datetime.now(UTC)
     try:
         if verified.scheme == "github":
-            event = await _github_event(request, verified, body, received_at)
+            event = await _github_event(request, verified, raw, received_at)
         else:
-            event = _callback_event(request, verified, body, received_at)
+            event = _callback_event(request, verified, raw, received_at)
     except PayloadError as error:
         log.info("ingest.invalid_payload", details=error.details)
         raise ApiError(400, "Invalid payload", details=error.details) from None

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from events.appender import Appender
 from projections.runner import Projector
+from service.metrics import Metrics
 from service.settings import Settings
 from service.signatures import Keyring
 
@@ -29,3 +30,4 @@ deliveries_key: web.AppKey[DeliveryLog] = web.AppKey("deliveries")
 broadcaster_key: web.AppKey[Broadcaster] = web.AppKey("broadcaster")
 assets_key: web.AppKey[Assets] = web.AppKey("assets")
 openapi_key: web.AppKey[bytes] = web.AppKey("openapi")
+metrics_key = web.AppKey("metrics", Metrics)

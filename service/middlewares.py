@@ -13,14 +13,16 @@ from aiohttp.typedefs import Handler
 
 from events.errors import StorageUnavailable
 from service.errors import ApiError, json_response
-from service.keys import read_tokens_key
+from service.keys import metrics_key, read_tokens_key
 
 log = structlog.get_logger(component="http")
 
 # Routes that answer without a token: ops endpoints, the API description, the dashboard page
 # and its static files (which carry no data), and the webhook receiver (which checks
 # signatures instead).
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/api/webhooks/github", "/api/openapi.json", "/"})
+PUBLIC_PATHS = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/api/webhooks/github", "/api/openapi.json", "/"}
+)
 PUBLIC_PREFIX = "/static/"  # one level below: /static/<name>, nothing deeper
 # Seconds a client should wait before retrying while PostgreSQL is unreachable.
 RETRY_AFTER_S = "5"
@@ -37,9 +39,14 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     started = time.perf_counter()
     response = await handler(request)
     response.headers["X-Request-ID"] = request_id
-    log.info(
+    # The route's pattern, not the path: one label value per route, not per job id.
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else "unmatched"
+    request.app[metrics_key].requests.labels(route, str(response.status)).inc()
+    log.info(  # job_id and scheme come from the context, where ingest binds them
         "request",
         method=request.method,
+        route=route,
         path=request.path,
         status=response.status,
         duration_ms=round((time.perf_counter() - started) * 1000, 2),

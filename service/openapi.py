@@ -25,6 +25,7 @@ from service.payloads import Callback
 from service.read_api import MAX_LIMIT
 from service.schemas import (
     DeliveryList,
+    EventDetail,
     EventList,
     HeartbeatList,
     Job,
@@ -79,6 +80,7 @@ def _read(
 
 
 _JOB_ID = Param("job_id", "path", {"type": "string", "pattern": f"^{JOB_ID.pattern}$"})
+_EVENT_ID = Param("event_id", "path", {"type": "string", "format": "uuid"})
 _STALE = Param("stale", "query", {"type": "boolean"}, "only stale (true) or fresh (false) jobs")
 _SIGNED = tuple(
     Param(name, "header", {"type": "string"}, description)
@@ -145,6 +147,7 @@ _RESUME = Param(
     "first send every job changed after this position, then go live",
 )
 _DOCUMENT: Responses = {200: ("OpenAPI 3.1", {"application/json": "the document"})}
+_METRICS: Responses = {200: ("Prometheus text format 0.0.4", {"text/plain": "the metrics"})}
 _DASHBOARD: Responses = {200: ("the page", _PAGE), 304: ("not modified (If-None-Match)", _PAGE)}
 _FILE: Responses = {
     200: ("the file", _ASSET),
@@ -159,6 +162,13 @@ OPERATIONS: tuple[Operation, ...] = (
     _read("/api/jobs", "Jobs, newest created first", JobPage, (400, 401, 503), _PAGE_PARAMS),
     _read("/api/jobs/{job_id}", "One job", Job, (400, 401, 404, 503), _ONE_JOB, _TIMED_OUT),
     _read("/api/jobs/{job_id}/events", "A job's events", EventList, (401, 404, 503), (_JOB_ID,)),
+    _read(
+        "/api/events/{event_id}",
+        "One event with its evidence",
+        EventDetail,
+        (400, 401, 404, 503),
+        (_EVENT_ID,),
+    ),
     _read("/api/heartbeats", "Last heartbeats", HeartbeatList, (400, 401, 503), (_STALE,)),
     _read("/api/projections", "Projection lag", ProjectionList, (401, 503)),
     _read("/api/deliveries", "Recent ingest attempts", DeliveryList, (400, 401), (_LIMIT,)),
@@ -168,6 +178,7 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("get", "/static/{name}", "The dashboard's files", _FILE, _NAME, public=True),
     Operation("get", "/healthz", "The process is up", {200: ("up", schemas.Health)}, public=True),
     Operation("get", "/readyz", "The database is reachable and migrated", _READY, public=True),
+    Operation("get", "/metrics", "Prometheus metrics", _METRICS, public=True),
 )
 
 

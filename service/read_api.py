@@ -18,7 +18,8 @@ from events.store import connect, read_stream
 from projections import reads
 from service import deliveries
 from service.errors import ApiError, json_response
-from service.keys import deliveries_key, pool_key, settings_key
+from service.keys import broadcaster_key, deliveries_key, metrics_key, pool_key, settings_key
+from service.metrics import CONTENT_TYPE
 from service.migrate import pending_migrations
 
 MAX_LIMIT = 500
@@ -178,3 +179,16 @@ async def readyz(request: web.Request) -> web.Response:
             {"status": "unavailable", "reason": f"{len(pending)} migrations pending"}, status=503
         )
     return json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format. Positions and lag are read at scrape time; without the database
+    the counters are still served, with the last positions seen."""
+    registry = request.app[metrics_key]
+    registry.sse_clients.set(request.app[broadcaster_key].clients)
+    try:
+        async with connect(request.app[pool_key], acquire_timeout=2) as conn:
+            registry.set_progress(await reads.projection_progress(conn, now=datetime.now(UTC)))
+    except StorageUnavailable:
+        pass
+    return web.Response(body=registry.render(), headers={"Content-Type": CONTENT_TYPE})

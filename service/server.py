@@ -28,6 +28,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 
 import structlog
+import uvloop
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
@@ -112,12 +113,18 @@ def serve(
     port: int,
     on_bound: Callable[[], None],
     shutdown_timeout: float = SHUTDOWN_TIMEOUT_S,
+    reuse_port: bool = False,
 ) -> None:
     """Serve ``app`` on ``host:port`` until SIGINT or SIGTERM, then stop gracefully (see the
     module docstring). ``on_bound`` is called once the socket listens. Raises ``OSError`` when
     the address cannot be bound."""
-    with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C while stopping: stop now
-        asyncio.run(_serve(app, host, port, on_bound, shutdown_timeout))
+    # uvloop: the same asyncio API on libuv, cheaper per request. A second Ctrl-C while
+    # stopping stops at once.
+    with (
+        contextlib.suppress(KeyboardInterrupt),
+        asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
+    ):
+        runner.run(_serve(app, host, port, on_bound, shutdown_timeout, reuse_port))
 
 
 async def _serve(
@@ -126,6 +133,7 @@ async def _serve(
     port: int,
     on_bound: Callable[[], None],
     shutdown_timeout: float,
+    reuse_port: bool,
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -136,7 +144,7 @@ async def _serve(
     try:
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
             on_bound()
             await stop.wait()
             log.info("serve.stopping", shutdown_timeout_s=shutdown_timeout)

@@ -76,6 +76,12 @@ class Settings(BaseSettings):
     log_format: Literal["console", "json"] | None = _setting(
         None, "JOBTRAIL_LOG_FORMAT", "log renderer: console or json"
     )
+    log_level: Literal["debug", "info", "warning", "error"] = _setting(
+        "info", "JOBTRAIL_LOG_LEVEL", "least severe level logged: debug, info, warning or error"
+    )
+    workers: int = _setting(
+        1, "JOBTRAIL_WORKERS", "processes serving on the one port (SO_REUSEPORT)", ge=1, le=64
+    )
 
     @field_validator("callback_secrets", "read_tokens", mode="before")
     @classmethod

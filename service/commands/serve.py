@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 from typing import Any
 
 from pydantic import SecretStr
@@ -23,12 +24,15 @@ from service.logconfig import configure_logging
 from service.migrate import migrate
 from service.server import serve
 from service.settings import Settings, serve_flags
+from service.workers import run_workers
 
 
 def register(commands: Subcommands) -> None:
     serve = commands.add_parser("serve", help="run the HTTP service and the projector")
     for flag in serve_flags():
         serve.add_argument(flag.flag, dest=flag.field, type=flag.type, help=flag.help)
+    # Set by ``--workers`` for its children: bind the port with SO_REUSEPORT.
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(handler=cmd_serve)
 
     add_command(commands, "migrate", cmd_migrate, help="apply pending schema migrations")
@@ -54,7 +58,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.app import create_app
 
     settings = load_settings(args)
-    configure_logging(settings.log_format)
+    configure_logging(settings.log_format, logging.getLevelName(settings.log_level.upper()))
+    if settings.workers > 1 and settings.port == 0:
+        raise CliError("--workers needs a fixed --port")
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     with database(settings) as dsn:
         asyncio.run(_migrate(dsn))
@@ -62,6 +68,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             settings.model_copy(update={"database_url": SecretStr(dsn)})
         )
         banner = _banner(settings, credentials.generated, credentials.path)
+        if settings.workers > 1:
+            env = _environment(credentials.settings)
+            run_workers(
+                settings.workers, host=settings.host, port=settings.port, env=env, banner=banner
+            )
+            return EXIT_OK
         try:
             # JSON answers to malformed HTTP, and a graceful stop on SIGTERM (service.server).
             serve(
@@ -69,13 +81,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 host=settings.host,
                 port=settings.port,
                 # Printed once the socket is bound: only then is the banner true.
-                on_bound=lambda: print(banner, flush=True),
+                on_bound=lambda: None if args.reuse_port else print(banner, flush=True),
+                reuse_port=args.reuse_port,
             )
         except OSError as error:
             raise CliError(
                 f"cannot listen on {settings.host}:{settings.port}: {error.strerror}"
             ) from None
     return EXIT_OK
+
+
+def _environment(settings: Settings) -> dict[str, str]:
+    """``settings`` as the environment variables that reproduce them (for ``--workers``)."""
+    env: dict[str, str] = {}
+    for flag in serve_flags():
+        value: Any = getattr(settings, flag.field)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, tuple):
+            value = ",".join(v.get_secret_value() for v in value)
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
+        if value is not None:
+            env[flag.env] = str(value)
+    return env
 
 
 async def _migrate(dsn: str) -> list[str]:
