@@ -17,7 +17,6 @@ import stat
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,6 +28,7 @@ from aiohttp.test_utils import TestClient
 
 from devdb import EmbeddedPostgres
 from tests.helpers import AUTH, body_of, free_port, standard_headers, wait_for_projection
+from tests.workload import Result
 
 Client = TestClient[web.Request, web.Application]
 JOBTRAIL = Path(sys.executable).parent / "jobtrail"
@@ -37,16 +37,6 @@ CLI_TIMEOUT_S = 60.0
 
 # Anything that would configure the CLI behind the test's back.
 _CONFIG_PREFIXES = ("DATABASE_URL", "TEST_DATABASE_URL", "JOBTRAIL_", "GITHUB_")
-
-
-@dataclass(frozen=True)
-class Result:
-    code: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        return json.loads(self.stdout)
 
 
 def cli_env(**extra: str) -> dict[str, str]:
