@@ -9,7 +9,6 @@ fixed amount of memory; several processes each keep their own.
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -86,12 +85,6 @@ def _shorten(reason: str | None) -> str | None:
     return reason if reason is None or len(reason) <= MAX_REASON else reason[:MAX_REASON] + "…"
 
 
-def _accepted(response: web.StreamResponse) -> dict[str, Any]:
-    body = response.body if isinstance(response, web.Response) else None
-    answer = json.loads(body) if isinstance(body, bytes) else {}
-    return answer if isinstance(answer, dict) else {}
-
-
 @web.middleware
 async def record_deliveries(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Record each ``POST`` to the ingest route. Sits inside ``json_errors``, so it sees the
@@ -107,10 +100,9 @@ async def record_deliveries(request: web.Request, handler: Handler) -> web.Strea
     try:
         response = await handler(request)
         status = response.status
-        if status == 200:
-            answer = _accepted(response)
-            event_id = answer.get("event_id")
-            outcome = "duplicate" if answer.get("duplicate") else "accepted"
+        if status == 200:  # ingest noted what it stored: no need to parse the answer again
+            event_id = notes.get("event_id")
+            outcome = notes.get("outcome") or "accepted"
             reason = None
         return response
     except ApiError as error:

@@ -164,6 +164,9 @@ async def receive_webhook(request: web.Request) -> web.Response:
 
     # StorageUnavailable becomes a 503 with Retry-After in the error middleware.
     [result] = await request.app[appender_key].append([event])
+    deliveries.note(
+        event_id=str(result.event_id), outcome="duplicate" if result.duplicate else "accepted"
+    )
     log.debug(
         "ingest.accepted",
         scheme=verified.scheme,
