@@ -10,7 +10,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,8 +18,7 @@ from typing import Any
 import asyncpg
 
 from devdb import EmbeddedPostgres
-from service.signatures import sign_standard, standard_key
-from tests.helpers import free_port, with_database
+from tests.helpers import free_port, standard_headers, with_database
 
 HERE = Path(__file__).resolve().parent
 SECRET = "whsec_" + "YmVuY2htYXJrLXNlY3JldC1ieXRlcy0xMjM0NTY3OA=="
@@ -63,14 +61,7 @@ def callback_body(job: int, status: str, run_id: int) -> bytes:
 
 def signed(body: bytes, now: int | None = None) -> dict[str, str]:
     """Standard Webhooks headers for ``body``, with a fresh ``webhook-id``."""
-    msg_id = f"msg_{uuid.uuid4().hex}"
-    timestamp = int(time.time()) if now is None else now
-    return {
-        "Content-Type": "application/json",
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign_standard(standard_key(SECRET), msg_id, timestamp, body),
-    }
+    return standard_headers(body, secret=SECRET, timestamp=now)
 
 
 def heartbeat_body(i: int) -> bytes:

@@ -76,6 +76,32 @@ async def wait_for_projection(pool: asyncpg.Pool[Any], within_s: float = 10.0) -
         await asyncio.sleep(0.02)
 
 
+async def run_bounded(
+    *argv: str,
+    timeout_s: float,
+    env: Mapping[str, str],
+    cwd: Path | None = None,
+    merge_stderr: bool = False,
+) -> tuple[int, str, str]:
+    """Run a command to completion (killed past ``timeout_s``): exit code, stdout, stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.PIPE,
+        env=dict(env),
+        cwd=cwd,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace"), (err or b"").decode(errors="replace")
+
+
 def with_database(dsn: str, name: str) -> str:
     """The same server, another database."""
     return urlunsplit(urlsplit(dsn)._replace(path="/" + name))

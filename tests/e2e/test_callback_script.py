@@ -31,6 +31,7 @@ from tests.helpers import (
     ROTATED_SECRET,
     Served,
     free_port,
+    run_bounded,
     serve_jobtrail,
 )
 
@@ -82,23 +83,10 @@ def script_env(
 
 async def run_script(*args: str, env: Mapping[str, str]) -> Run:
     started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        "bash",
-        str(CALLBACK),
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=dict(env),
+    code, out, err = await run_bounded(
+        "bash", str(CALLBACK), *args, timeout_s=SCRIPT_TIMEOUT_S, env=env
     )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), SCRIPT_TIMEOUT_S)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    run = Run(proc.returncode, out.decode(), err.decode(), time.monotonic() - started)
+    run = Run(code, out, err, time.monotonic() - started)
     secret = env.get("CALLBACK_SECRET")
     if secret:
         assert secret not in run.stdout + run.stderr, "the script printed its secret"

@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.helpers import AUTH, CALLBACK_SECRET, Served, serve_jobtrail
+from tests.helpers import AUTH, CALLBACK_SECRET, Served, run_bounded, serve_jobtrail
 
 REPO = Path(__file__).resolve().parents[2]
 WORKFLOWS = REPO / ".github" / "workflows"
@@ -89,24 +89,11 @@ def act_command(served: Served, job_id: str, run_id: int, cache: Path, *, fail: 
 async def run_act(command: list[str]) -> ActRun:
     env = {k: v for k, v in os.environ.items() if not k.startswith(_LEAKY_PREFIXES)}
     env["GITHUB_CALLBACK_SECRET"] = CALLBACK_SECRET
-    proc = await asyncio.create_subprocess_exec(
-        *command,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
-        cwd=REPO,
+    code, output, _ = await run_bounded(
+        *command, timeout_s=ACT_TIMEOUT_S, env=env, cwd=REPO, merge_stderr=True
     )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), ACT_TIMEOUT_S)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    output = out.decode(errors="replace")
     assert CALLBACK_SECRET not in output, "act printed the callback secret"
-    return ActRun(proc.returncode, output)
+    return ActRun(code, output)
 
 
 async def get_json(url: str) -> Any:
