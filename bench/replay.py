@@ -35,6 +35,7 @@ import structlog
 from bench.common import JOBTRAIL, PYTHON, fresh_database, jobtrail_env
 from events.catalog import HEARTBEAT_RECORDED, STATUS_REPORTED, job_stream
 from events.models import NewEvent, format_timestamp
+from events.partitions import ensure_partitions, month_of
 from events.store import append_batch, register_codecs
 from service.migrate import migrate
 
@@ -43,12 +44,14 @@ EVENTS_PER_JOB = 10  # provisioning, 8 heartbeats, a terminal status
 LIVE_JOBS = 1_000
 TERMINAL = ("succeeded",) * 16 + ("failed",) * 3 + ("cancelled",)
 REGIONS = ("eu-west-1", "us-east-1", "ap-south-1")
+START = datetime(2026, 1, 1, tzinfo=UTC)
+GENERATED_MONTHS = 2  # a group of LIVE_JOBS jobs spans 10 minutes: 1M events about 17 hours
 
 
 def callbacks(count: int, seed: int = 10) -> Iterator[NewEvent]:
     """``count`` callbacks: groups of LIVE_JOBS jobs, each group step by step, a minute apart."""
     rng = random.Random(seed)
-    start = datetime(2026, 1, 1, tzinfo=UTC)
+    start = START
     emitted = 0
     group = 0
     while emitted < count:
@@ -100,6 +103,8 @@ async def generate(dsn: str, count: int) -> None:
     try:
         await register_codecs(conn)
         await migrate(conn)
+        # The log is partitioned by month: the generated events' months need their partitions.
+        await ensure_partitions(conn, month_of(START), GENERATED_MONTHS)
         batch: list[NewEvent] = []
         for event in callbacks(count):
             batch.append(event)

@@ -15,12 +15,18 @@ What an edit behind the database's back leaves (triggers disabled, ``session_rep
   a stream head that names a later event;
 - two events swapped (positions or bodies): ``stream_position`` and/or ``hash`` at both;
 - a rewritten chain (every later hash recomputed): the head's ``last_hash`` no longer matches.
+
+After ``jobtrail archive`` (``events.archive``) part of a stream may be in an archived month: the
+auditor is given the archived ``Segment``s, and a stream that goes on past a gap follows the
+chain across them (each must link to what came before), so the live log still verifies whole.
+Checking files (``verify --file``), a stream's first event in a file may continue a chain held
+by an earlier file: ``check(..., may_continue=True)`` notes it instead of reporting a break.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from events.hashing import (
@@ -32,6 +38,7 @@ from events.hashing import (
     parsed_payload,
 )
 from events.models import RecordedEvent
+from events.partitions import Segment, format_month
 from events.store import Connection, Q
 
 _EVENT_DETAIL = {
@@ -88,29 +95,50 @@ class _Last(NamedTuple):
 
 
 class ChainAuditor:
-    """Feed it every event in position order (``check``), then the stream heads."""
+    """Feed it every event in position order (``check``), then the stream heads.
 
-    def __init__(self) -> None:
+    ``archived``: each stream's archived segments, in stream order (``events.partitions``).
+    """
+
+    def __init__(self, archived: Mapping[str, Sequence[Segment]] | None = None) -> None:
         self._last: dict[str, _Last] = {}
+        self._archived = archived or {}
         self.events = 0
+        self.continued: list[RecordedEvent] = []  # first events of chains held elsewhere
 
     @property
     def streams(self) -> int:
         return len(self._last)
 
-    def check(self, event: RecordedEvent) -> list[Problem]:
-        """The problems at ``event``, judged against the previous event of its stream."""
+    def check(self, event: RecordedEvent, *, may_continue: bool = False) -> list[Problem]:
+        """The problems at ``event``, judged against the previous event of its stream (or the
+        archived segment before it). With ``may_continue``, an event past a gap in its stream is
+        taken as continuing a chain held elsewhere (listed in ``continued``): only its own hash
+        and data are checked."""
         self.events += 1
         last = self._last.get(event.stream_id)
         prev_hash, prev_position = (last.hash, last.stream_position) if last else (GENESIS_HASH, 0)
-        problems = [
+        problems: list[Problem] = []
+        detail = ""
+        if event.stream_position > prev_position + 1:
+            if may_continue:
+                self.continued.append(event)
+                prev_hash, prev_position = event.prev_hash, event.stream_position - 1
+            else:
+                crossed, problems = self._cross(event.stream_id, prev_hash, prev_position)
+                if crossed is None and self._archived:
+                    detail = f"; no archived month holds stream positions {prev_position + 1}.."
+                    detail += f"{event.stream_position - 1} either"
+                elif crossed is not None:
+                    prev_position, prev_hash = crossed.stream_position, crossed.hash
+        problems += [
             Problem(
                 "event",
                 event.stream_id,
                 event.position,
                 name,
                 *_expected_and_actual(name, event, prev_hash, prev_position),
-                detail=_EVENT_DETAIL[name],
+                detail=_EVENT_DETAIL[name] + (detail if name == "stream_position" else ""),
                 extra={"stream_position": event.stream_position},
             )
             for name in broken_links(event, prev_hash, prev_position)
@@ -121,10 +149,32 @@ class ChainAuditor:
         self._last[event.stream_id] = _Last(highest, event.hash, event.position)
         return problems
 
+    def _cross(
+        self, stream_id: str, prev_hash: bytes, prev_position: int
+    ) -> tuple[_Last | None, list[Problem]]:
+        """Follow the archived segments that go on from ``prev_position``: where the chain
+        stands after them (None if none does), and each one that does not link."""
+        problems: list[Problem] = []
+        crossed = None
+        for segment in self._archived.get(stream_id, ()):
+            if segment.first != prev_position + 1:
+                continue
+            if segment.prev_hash != prev_hash:
+                problems.append(_unlinked(segment, prev_hash))
+            crossed = _Last(segment.last, segment.last_hash, segment.last_position)
+            prev_position, prev_hash = segment.last, segment.last_hash
+        return crossed, problems
+
     async def check_heads(self, conn: Connection) -> list[Problem]:
         """Compare the ``streams`` table with the last event seen of each stream. Run it in the
         same snapshot (REPEATABLE READ transaction) as the pass over the events."""
         problems: list[Problem] = []
+        for stream_id in self._archived:  # the streams whose last events are archived
+            last = self._last.get(stream_id, _Last(0, GENESIS_HASH, 0))
+            crossed, unlinked = self._cross(stream_id, last.hash, last.stream_position)
+            problems += unlinked
+            if crossed is not None:
+                self._last[stream_id] = crossed
         unseen = set(self._last)
         for row in await conn.fetch(Q["read_heads"]):
             stream_id = row["stream_id"]
@@ -161,6 +211,21 @@ class ChainAuditor:
                 )
             )
         return problems
+
+
+def _unlinked(segment: Segment, prev_hash: bytes) -> Problem:
+    month = format_month(segment.month)
+    return Problem(
+        "archive",
+        segment.stream_id,
+        None,
+        "prev_hash",
+        prev_hash,
+        segment.prev_hash,
+        detail=f"the events of {month} archived in {segment.file} at stream positions"
+        f" {segment.first}..{segment.last} do not link to the stream's previous event",
+        extra={"stream_position": segment.first, "month": month, "file": segment.file},
+    )
 
 
 def _expected_and_actual(

@@ -19,5 +19,10 @@ REPLAY_LOCK: Final = 7413690203
 # projector and the watchdog (service/leader.py).
 LEADER_LOCK: Final = 7413690204
 
+# Held (transaction-scoped) while monthly partitions of the log are created, archived or
+# restored: by jobtrail_ensure_event_partitions (migration 0006, which hardcodes this number) and
+# by ``jobtrail archive`` (events/archive.py).
+PARTITION_LOCK: Final = 7413690205
+
 # Appenders NOTIFY here at commit; projectors LISTEN (a wake-up hint only).
 EVENTS_CHANNEL: Final = "jobtrail_events"

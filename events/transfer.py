@@ -13,7 +13,9 @@ An import is one transaction under the append lock (see ``events.store``): the f
 are checked as they are read, continuing from the target's stream heads, and any line that does
 not verify, or that conflicts with what the target holds, rolls back the whole file. Events
 whose id the target already holds (with the same hash) are skipped, so importing a file twice
-adds nothing. Commit NOTIFYs the projectors like any append.
+adds nothing. Commit NOTIFYs the projectors like any append. The monthly partitions the file's
+events go to are created first (``events.partitions``); an event of a month that is archived
+refuses the file (it belongs in that month's archive, not beside it).
 """
 
 from __future__ import annotations
@@ -23,15 +25,18 @@ import binascii
 import json
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from itertools import islice
 from typing import Any
 from uuid import UUID
 
-from events.errors import EventStoreError
+import asyncpg
+
+from events.errors import EventStoreError, is_unavailable
 from events.hashing import GENESIS_HASH, broken_links
 from events.locks import APPEND_LOCK, EVENTS_CHANNEL
 from events.models import RawRequest, RecordedEvent, StreamId, format_timestamp
+from events.partitions import Archived, archived_partitions, ensure_partitions, month_of
 from events.store import MAX_POSITION, Connection, Q, Row, insert_rows, recorded
 
 
@@ -62,6 +67,12 @@ def to_line(event: RecordedEvent, idempotency_key: str | None) -> dict[str, Any]
         "digest_version": event.digest_version,
         "raw": None if event.raw is None else event.raw.to_json(),
     }
+
+
+def encode_line(line: dict[str, Any]) -> str:
+    """An exported line as written to a file (``export``, ``archive``): compact JSON, ASCII
+    only (no U+2028 or the like that a line splitter could take for a newline), and a newline."""
+    return json.dumps(line, separators=(",", ":")) + "\n"
 
 
 async def export(
@@ -173,13 +184,42 @@ async def import_lines(
     imported = skipped = 0
     async with conn.transaction():
         await conn.execute(Q["lock_appends"], APPEND_LOCK, EVENTS_CHANNEL)
+        archived = {a.month: a for a in await archived_partitions(conn)}
+        ready: set[date] = set()
         parsed = _parsed(lines)
         while batch := list(islice(parsed, batch_size)):
+            await _make_room(conn, batch, archived, ready)
             rows = await _checked(conn, batch, heads)
             await insert_rows(conn, rows)
             imported += len(rows)
             skipped += len(batch) - len(rows)
     return Imported(imported, skipped)
+
+
+async def _make_room(
+    conn: Connection, batch: list[Line], archived: dict[date, Archived], ready: set[date]
+) -> None:
+    """Create the partitions of the months of ``batch`` not seen yet (``ready`` grows);
+    refuse the file at its first event of an archived month."""
+    for number, event, _ in batch:
+        month = month_of(event.received_at)
+        if month in ready:
+            continue
+        if month in archived:
+            record = archived[month]
+            raise ImportRefused(
+                number,
+                f"event {event.event_id} was received in {month:%Y-%m}, a month that is archived"
+                f" (partition {record.partition}, file {record.file}): restore it first"
+                f" (jobtrail archive --restore {month:%Y-%m})",
+            )
+        try:
+            await ensure_partitions(conn, month, 0)
+        except asyncpg.PostgresError as error:
+            if is_unavailable(error):
+                raise
+            raise ImportRefused(number, f"no partition for {month:%Y-%m}: {error}") from None
+        ready.add(month)
 
 
 async def _checked(

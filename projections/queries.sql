@@ -22,6 +22,11 @@ SELECT pg_advisory_unlock($1)
 -- name: table_indexes --
 SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = $1
 
+-- name: lock_log --
+-- The first statement of an audit's REPEATABLE READ transaction, before its snapshot is taken:
+-- no month can be detached from the log (jobtrail archive) once the snapshot sees it attached.
+LOCK TABLE events IN ACCESS SHARE MODE
+
 -- name: read_checkpoints --
 SELECT name, position, updated_at FROM projection_checkpoints ORDER BY name
 

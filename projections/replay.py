@@ -3,7 +3,9 @@
 Who holds what, and when:
 
 1. The whole run holds ``REPLAY_LOCK`` (a session-level advisory lock): one replay at a time per
-   database. Under it, the aside tables a killed replay left behind are dropped first.
+   database. Under it, the aside tables a killed replay left behind are dropped first. A log
+   whose oldest months are archived (``events.archive``, which holds the same lock) cannot be
+   replayed: ``ArchivedRange`` names them.
 2. The long part holds nothing that readers or the live projector wait for: create
    ``<name>_rebuild`` (``LIKE`` the live table, indexes included), stream the whole log in keyset
    pages and fold it in memory, COPY the states into the aside tables, then read on to the head
@@ -30,6 +32,7 @@ import asyncpg
 import structlog
 
 from events.locks import REPLAY_LOCK
+from events.partitions import refuse_if_archived
 from events.store import Connection, connect, head_position
 from events.upcasters import UPCASTERS, Upcasters
 from projections.base import AnyProjection, quoted
@@ -92,6 +95,7 @@ async def rebuild(
     async with connect(pool) as conn:
         if not await conn.fetchval(Q["try_lock_replay"], REPLAY_LOCK):
             raise ReplayError("another replay is running on this database")
+        await refuse_if_archived(conn)
         await _build_aside(conn, fold, upcasters=upcasters, page=page, progress=progress)
         await _swap_in(
             conn, fold, upcasters, page=page, timeout_s=swap_timeout_s, attempts=swap_attempts

@@ -5,19 +5,22 @@ The pool, the group-commit appender, the projector and the watchdog are opened b
 is closed; the projector and the watchdog run only in the process that holds the leader lock
 (``service.leader``). The runner (``service.server``) runs that clean-up only after requests in
 flight have finished, so their appends are answered by a still-running appender; each step of
-the clean-up is bounded, so a stuck task cannot keep the process from exiting.
+the clean-up is bounded, so a stuck task cannot keep the process from exiting. The leader also
+creates the log's partitions for the months ahead (``events.partitions``).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 from aiohttp import web
 
 from events.appender import Appender
 from events.locks import LEADER_LOCK
+from events.partitions import keep_partitions
 from events.store import register_codecs
 from projections.runner import Projector
 from projections.watchdog import Watchdog
@@ -89,6 +92,8 @@ async def _background(app: web.Application) -> AsyncIterator[None]:
         async with asyncio.TaskGroup() as group:
             group.create_task(app[projector_key].run(), name="projector")
             group.create_task(watchdog.run(), name="watchdog")
+            # Next months' partitions of the log, on election and then hourly.
+            group.create_task(keep_partitions(pool), name="partitions")
 
     assert settings.database_url is not None
     app[tasks_key] = [

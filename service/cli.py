@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import asyncpg
 
 from events.errors import StorageUnavailable
-from service.commands import audit, db, jobs, replay, send, serve, transfer
+from service.commands import archive, audit, db, jobs, replay, send, serve, transfer
 from service.commands.common import EXIT_OK, EXIT_USAGE, CliError, Subcommands
 
 COMMANDS: tuple[Callable[[Subcommands], None], ...] = (
@@ -27,6 +27,7 @@ COMMANDS: tuple[Callable[[Subcommands], None], ...] = (
     audit.register,  # history, verify
     jobs.register,
     transfer.register,  # export, import
+    archive.register,
     send.register,
     db.register,
 )

@@ -1,6 +1,9 @@
 """``jobtrail replay``: rebuild projections aside and swap them in (``projections.replay``);
 with ``--until-position``/``--until``, the jobs as they were then (``projections.asof``); with
-``--dry-run``, what a rebuild would change (``projections.audit``)."""
+``--dry-run``, what a rebuild would change (``projections.audit``).
+
+Every mode folds the log from its first event, so none runs while months are archived
+(``jobtrail archive``): exit 1, naming each archived month and how to restore it."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from events.partitions import ArchivedRange, refuse_if_archived
 from events.store import connect
 from projections.asof import fold_until, jobs_of
 from projections.audit import compare
@@ -77,7 +81,8 @@ def _selected(names: Sequence[str] | None) -> tuple[AnyProjection, ...]:
 def cmd_replay(args: argparse.Namespace) -> int:
     """Rebuild projections from the log into tables beside the live ones and swap them in
     atomically. With --until-position or --until, print the jobs as they were then instead
-    (the live projections untouched); with --dry-run, what a rebuild would change."""
+    (the live projections untouched); with --dry-run, what a rebuild would change. Every mode
+    needs the whole log: while months are archived (jobtrail archive) it exits 1, naming them."""
     projections = _selected(args.projections)
     point_in_time = args.until_position is not None or args.until is not None
     if point_in_time and args.dry_run:
@@ -90,6 +95,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if args.dry_run:
             return _dry_run(args, projections)
         return _rebuild(args, projections)
+    except ArchivedRange as error:
+        print(f"jobtrail: replay refused: {error}", file=sys.stderr)
+        return common.EXIT_FOUND
     except ReplayError as error:
         raise common.CliError(str(error)) from None
     except KeyboardInterrupt:
@@ -123,10 +131,12 @@ def _rebuild(args: argparse.Namespace, projections: Sequence[AnyProjection]) -> 
 def _as_of(args: argparse.Namespace) -> int:
     async def work(pool: common.Pool, settings: Settings) -> tuple[list[dict[str, Any]], datetime]:
         async with connect(pool) as conn:
+            await refuse_if_archived(conn)
             with common.progress_bar("folding") as progress:
                 fold, moment = await fold_until(
                     conn, position=args.until_position, moment=args.until, progress=progress
                 )
+            await refuse_if_archived(conn)  # a month archived meanwhile is missing from the fold
             jobs = await jobs_of(conn, fold, now=moment, stale_after_s=settings.stale_after_s)
         return jobs, moment
 
@@ -143,6 +153,8 @@ def _dry_run(args: argparse.Namespace, projections: Sequence[AnyProjection]) -> 
         with common.progress_bar("comparing") as progress:
             async with connect(pool) as conn:
                 result = await compare(conn, projections, progress=progress)
+        if not result.compared:
+            raise ArchivedRange(result.archived)
         return {
             "dry_run": True,
             "events": result.events,

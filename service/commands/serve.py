@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from events.partitions import current_month, ensure_partitions
 from events.store import connect
 from service.commands.common import (
     EXIT_OK,
@@ -108,8 +109,12 @@ def _environment(settings: Settings) -> dict[str, str]:
 
 
 async def _migrate(dsn: str) -> list[str]:
+    """Apply pending migrations, then create the log's partitions for this month and the next
+    two (``events.partitions``; the leader keeps doing so hourly)."""
     async with open_pool(dsn) as pool, connect(pool) as conn:
-        return [f"{m.version:04d}_{m.name}" for m in await migrate(conn)]
+        applied = [f"{m.version:04d}_{m.name}" for m in await migrate(conn)]
+        await ensure_partitions(conn, current_month(), 2)
+        return applied
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from collections.abc import Iterator
 from typing import IO
 
-from events.store import connect
-from events.transfer import Imported, ImportRefused, export, import_lines
+from events.partitions import Archived, archived_partitions
+from events.store import MAX_POSITION, connect
+from events.transfer import Imported, ImportRefused, encode_line, export, import_lines
 from service.commands import common
 from service.settings import Settings
 
@@ -50,19 +50,25 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Write the events with N < position <= M to stdout, one JSON object a line, with
     everything import needs: one consistent snapshot of the log."""
 
-    async def work(pool: common.Pool, _settings: Settings) -> None:
+    async def work(pool: common.Pool, _settings: Settings) -> list[Archived]:
         async with connect(pool) as conn:
             snapshot = conn.transaction(isolation="repeatable_read", readonly=True)
             async with snapshot:
+                archived = await archived_partitions(conn)
                 lines = export(conn, since=args.since_position, until=args.until_position)
                 async for line in lines:
-                    # ASCII: no U+2028 or the like that a line splitter could take for a newline.
-                    _write(json.dumps(line, separators=(",", ":")) + "\n")
+                    _write(encode_line(line))
+        return archived
 
     try:
-        common.run(args, work)
+        archived = common.run(args, work)
     except _StdoutClosed:
         raise BrokenPipeError from None  # main's to handle, like any command's
+    until = MAX_POSITION if args.until_position is None else args.until_position
+    for month in archived:  # a backup must not lose them silently
+        first, last = month.first_position, month.last_position
+        if first is not None and last is not None and last > args.since_position and first <= until:
+            print(f"jobtrail: not exported, archived: {month.describe()}", file=sys.stderr)
     return common.EXIT_OK
 
 

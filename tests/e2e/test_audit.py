@@ -289,6 +289,7 @@ async def test_history_shows_the_timeline_with_stream_positions_and_keys(
     assert document.json() == {
         "job_id": "vm-00002",
         "events": [{**e.to_json(), "hash_ok": True} for e in stored],
+        "archived": [],  # no month is archived (tests/e2e/test_archive.py)
     }
     assert text.code == 0, text
     header, *rows = (line.split() for line in text.stdout.splitlines())
@@ -306,7 +307,7 @@ async def test_history_shows_the_timeline_with_stream_positions_and_keys(
     ]
     assert [row[6] for row in rows] == [f"msg_vm-00002_{step}" for step in range(5)]
     assert all(row[-1] == "ok" for row in rows)
-    assert unknown.code == 1 and unknown.json() == {"job_id": "nope", "events": []}
+    assert unknown.code == 1 and unknown.json() == {"job_id": "nope", "events": [], "archived": []}
 
 
 async def test_commands_on_a_database_without_the_schema_say_so(
@@ -316,7 +317,13 @@ async def test_commands_on_a_database_without_the_schema_say_so(
     admin = await asyncpg.connect(server_dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
-        for command in (("verify",), ("history", "x"), ("export",), ("replay",)):
+        for command in (
+            ("verify",),
+            ("history", "x"),
+            ("export",),
+            ("replay",),
+            ("archive", "--list"),
+        ):
             result = await jobtrail(
                 *command, database_url=with_database(server_dsn, name), cwd=tmp_path
             )

@@ -128,7 +128,8 @@ async def test_history_json_and_text_then_detects_a_tampered_event(
     )
     assert result.code == 0, result
     document = result.json()
-    assert set(document) == {"job_id", "events"}
+    assert set(document) == {"job_id", "events", "archived"}
+    assert document["archived"] == []  # nothing archived (tests/e2e/test_archive.py)
     assert document["job_id"] == "vm-a"
     events = document["events"]
     required = {"position", "stream_position", "type", "version", "received_at", "data"}
@@ -160,7 +161,7 @@ async def test_history_json_and_text_then_detects_a_tampered_event(
     for unknown in (unknown_json, unknown_text):
         assert unknown.code == 1, unknown
         assert "Traceback" not in unknown.stderr
-    assert unknown_json.json() == {"job_id": "no-such-job", "events": []}
+    assert unknown_json.json() == {"job_id": "no-such-job", "events": [], "archived": []}
 
     # An edit behind the database's back (as superuser, triggers off) must show.
     async with pool.acquire() as conn, conn.transaction():

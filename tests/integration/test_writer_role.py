@@ -19,6 +19,7 @@ import pytest
 
 from events.catalog import STATUS_REPORTED, job_stream
 from events.models import NewEvent
+from events.partitions import add_months, current_month, partition_name
 from events.store import append_batch, register_codecs
 from projections.registry import PROJECTIONS
 from projections.replay import rebuild
@@ -162,3 +163,49 @@ async def test_jobtrail_serves_as_the_writer(writer_url: str, tmp_path: Path) ->
                 assert (await response.json())["status"] == "running"
     finally:
         assert await service.stop() == 0, service.logs()[-2000:]
+
+
+async def test_the_writer_cannot_change_a_partition_but_can_create_the_next_ones(
+    database_url: str, writer_url: str
+) -> None:
+    """Migration 0006: the log's partitions, present and created later through the SECURITY
+    DEFINER function, are out of the writer's reach by name too; only the function creates
+    them, and the writer may call it."""
+    owner = await asyncpg.connect(database_url)
+    writer = await asyncpg.connect(writer_url)
+    try:
+        await register_codecs(owner)
+        async with owner.transaction():
+            await append_batch(owner, [callback("vm-p", "running", "k-p")])
+        ahead = add_months(current_month(), 6)
+        created = await writer.fetchval(
+            "SELECT jobtrail_ensure_event_partitions($1, 1)", ahead
+        )  # as the service does at start and hourly
+        assert created == [partition_name(ahead)]
+        for name in (partition_name(current_month()), partition_name(ahead)):
+            for statement in (
+                f"UPDATE {name} SET type = 'x'",
+                f"DELETE FROM {name}",
+                f"TRUNCATE {name}",
+                f"SELECT count(*) FROM {name}",
+                f"ALTER TABLE events DETACH PARTITION {name}",
+                f"DROP TABLE {name}",
+                f"ALTER TABLE {name} DISABLE TRIGGER USER",
+            ):
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await writer.execute(statement)
+        for statement in (
+            "INSERT INTO archived_partitions (month, partition_name, file_name, sha256,"
+            " event_count, streams) VALUES ('2001-01-01', 'x', 'x', '\\x00', 0, '{}')",
+            "DELETE FROM archived_partitions",
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await writer.execute(statement)
+        assert await writer.fetchval("SELECT count(*) FROM archived_partitions") == 0
+        assert await writer.fetchval("SELECT count(*) FROM events") == 1  # through events only
+        # Even the owner cannot empty a partition by name: each has its own TRUNCATE trigger.
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            await owner.execute(f"TRUNCATE {partition_name(current_month())}")
+    finally:
+        await writer.close()
+        await owner.close()
