@@ -38,6 +38,10 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
+    # A pooled connection whose server just went away can still be handed out while the driver
+    # is consuming the server's farewell error: the next statement is refused before it is sent
+    # ("cannot switch to state ...; another operation is in progress").
+    asyncpg.exceptions.InternalClientError,
 )
 
 

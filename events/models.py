@@ -7,6 +7,7 @@ Events are immutable facts. ``NewEvent`` is built by the caller (the server cloc
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,10 +18,16 @@ StreamId = NewType("StreamId", str)
 JsonObject = Mapping[str, Any]
 
 
+@functools.lru_cache(maxsize=256)
 def format_timestamp(moment: datetime) -> str:
     """A fixed-width UTC timestamp with microseconds: how every time is hashed, stored in
-    metadata and shown (``2026-11-27T10:00:00.123456Z``)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    metadata and shown (``2026-11-27T10:00:00.123456Z``). Memoised: an event's moment is
+    written several times (its metadata, its digest, the API)."""
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    if moment.year < 1000:  # isoformat pads the year to four digits, strftime does not
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.isoformat(timespec="microseconds")[:-6] + "Z"  # it ends in +00:00
 
 
 @dataclass(frozen=True, slots=True)

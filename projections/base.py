@@ -11,6 +11,7 @@ makes a rebuild equal to the live tables.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Callable
@@ -68,7 +69,13 @@ class Projection(Generic[S]):
         key = names[0]
         set_ = object.__setattr__  # frozen: derived fields are set once, here
         set_(self, "schema", schema)
-        set_(self, "load_sql", f"{self.select_sql(self.name)} WHERE {key} = any($1)")
+        # One primary-key probe per key: with "= any($1)" a cached generic plan may scan the
+        # whole table for every batch instead.
+        set_(
+            self,
+            "load_sql",
+            f"{self.select_sql(self.name)} WHERE {key} IN (SELECT unnest($1::text[]))",
+        )
         set_(self, "upsert_sql", self.upsert_into(self.name))
 
     def select_sql(self, table: str) -> str:
@@ -106,3 +113,21 @@ class Projection(Generic[S]):
 
 
 AnyProjection = Projection[Any]
+
+
+@functools.cache
+def _field_index(state_type: Any) -> tuple[Callable[[Any], tuple[Any, ...]], dict[str, int]]:
+    names = [f.name for f in dataclasses.fields(state_type)]
+    return attrgetter(*names), {name: i for i, name in enumerate(names)}
+
+
+def evolve(state: S, **changes: Any) -> S:
+    """``dataclasses.replace`` for a state, in a fraction of its time (a fold makes one copy per
+    event: this is the replay's inner loop)."""
+    cls: Any = type(state)
+    values, index = _field_index(cls)
+    row = list(values(state))
+    for name, value in changes.items():
+        row[index[name]] = value
+    evolved: S = cls(*row)
+    return evolved

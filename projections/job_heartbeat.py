@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 
 from events.catalog import HEARTBEAT_RECORDED
@@ -31,7 +31,7 @@ def apply(beat: JobHeartbeat | None, event: RecordedEvent) -> JobHeartbeat:
     at = event.received_at
     if beat is None:
         return JobHeartbeat(event.data["job_id"], at, 1, at)
-    return replace(beat, last_heartbeat_at=at, heartbeat_count=beat.heartbeat_count + 1)
+    return JobHeartbeat(beat.job_id, at, beat.heartbeat_count + 1, beat.first_heartbeat_at)
 
 
 PROJECTION = Projection("job_heartbeat", JobHeartbeat, key_of=heartbeat_key, apply=apply)

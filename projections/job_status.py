@@ -25,7 +25,7 @@ the run id, else the one their title names). For that job:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -42,7 +42,7 @@ from events.catalog import (
 )
 from events.github import run_report
 from events.models import RecordedEvent
-from projections.base import Projection
+from projections.base import Projection, evolve
 
 _RANK = {"queued": 0, "provisioning": 1, "running": 2}
 
@@ -113,18 +113,23 @@ def apply(job: JobStatus | None, event: RecordedEvent) -> JobStatus:
         job = _new(
             event.data["job_id"], event, "running" if event.type == HEARTBEAT_RECORDED else "queued"
         )
-    job = replace(job, event_count=job.event_count + 1, last_position=event.position, updated_at=at)
+    # Every event of the stream counts; the rest of the changes join these (one copy per event).
+    changes: dict[str, Any] = {
+        "event_count": job.event_count + 1,
+        "last_position": event.position,
+        "updated_at": at,
+    }
 
     if job.status in TERMINAL:
         if job.status == "timed_out" and status in REPORTED_TERMINAL:
-            return replace(job, status=status, finished_at=at, **_reported(event))
+            return evolve(job, status=status, finished_at=at, **changes, **_reported(event))
         if event.type != TIMED_OUT:
-            job = replace(job, late_event_count=job.late_event_count + 1)
-        return job
+            changes["late_event_count"] = job.late_event_count + 1
+        return evolve(job, **changes)
 
     if event.type == TIMED_OUT:
-        return replace(job, status="timed_out", finished_at=at)
-    changes = _reported(event)
+        return evolve(job, status="timed_out", finished_at=at, **changes)
+    changes |= _reported(event)
     if event.type == HEARTBEAT_RECORDED:
         status = job.status
     elif status in TERMINAL:
@@ -133,25 +138,25 @@ def apply(job: JobStatus | None, event: RecordedEvent) -> JobStatus:
         status = job.status
     if status in ("provisioning", "running") and job.started_at is None:
         changes["started_at"] = at
-    return replace(job, status=status, **changes)
+    return evolve(job, status=status, **changes)
 
 
 def _apply_github(job: JobStatus | None, event: RecordedEvent) -> JobStatus:
     report = run_report(_GITHUB_RUN_TYPES[event.type], event.data)
     if job is None:
         job = _new(event.metadata["job_id"], event, "queued")
-    job = replace(job, updated_at=event.received_at, last_position=event.position)
+    job = evolve(job, updated_at=event.received_at, last_position=event.position)
     if report is None:
         return job
     if job.run_attempt is not None and (report.run_attempt or 0) < job.run_attempt:
         return job  # news of an attempt that a re-run has replaced
-    job = replace(job, run_id=report.run_id, run_attempt=report.run_attempt or job.run_attempt)
+    job = evolve(job, run_id=report.run_id, run_attempt=report.run_attempt or job.run_attempt)
     ending = report.ending_status
     if ending is None or (job.status in TERMINAL and job.status != "timed_out"):
         return job
     if job.status == "timed_out" and ending == "timed_out":
         return job
-    return replace(
+    return evolve(
         job,
         status=ending,
         finished_at=event.received_at,

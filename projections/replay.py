@@ -118,12 +118,14 @@ async def _build_aside(
             f"CREATE TABLE {quoted(aside_table(projection))}"
             f" (LIKE {quoted(projection.name)} INCLUDING ALL)"
         )
+    # Every state is new in this pass and is copied whole: no need to track which changed.
+    fold.track_changes = False
     await fold.run(conn, upcasters=upcasters, page=page, progress=progress)
     for projection in fold.projections:
         await conn.copy_records_to_table(
             aside_table(projection), records=fold.rows(projection), columns=projection.columns
         )
-    fold.clean()
+    fold.track_changes = True
     # What arrived while the log was folded and copied: the locked catch-up stays short.
     await fold.run(conn, upcasters=upcasters, page=page)
     await _flush(conn, fold)

@@ -54,6 +54,14 @@ CONNECT_TIMEOUT_S = 5.0
 SHUTDOWN_TIMEOUT_S = 3.0
 
 
+async def _rollback_only(_conn: asyncpg.Connection[Any]) -> None:
+    """Resetting a returned connection: asyncpg rolls back an open transaction before calling
+    this, and that is all the service needs. The default reset (unlock every advisory lock,
+    UNLISTEN, RESET ALL) is a round trip on every release; no pool connection of the service
+    holds session state (the leader's lock has a connection of its own, the projector
+    unlistens itself, settings are SET LOCAL)."""
+
+
 async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[settings_key]
     assert settings.database_url is not None
@@ -67,6 +75,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         # Server-side settings for every connection: an abandoned transaction must not hold the
         # append lock or the checkpoint rows for long.
         server_settings={"idle_in_transaction_session_timeout": "60000"},
+        reset=_rollback_only,
     )
     app[pool_key] = pool
     yield

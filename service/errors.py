@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from service.jsonio import dumps
+from service.jsonio import encode
 
 
 class ApiError(Exception):
@@ -40,9 +40,6 @@ def json_response(
 ) -> web.Response:
     """``body`` as JSON. A string that UTF-8 cannot carry (a lone surrogate from hostile input)
     is sent with that character replaced: a response must render whatever the request was."""
-    text = dumps(body)
-    try:
-        data = text.encode("utf-8")
-    except UnicodeEncodeError:
-        data = text.encode("utf-8", "replace")
-    return web.Response(body=data, status=status, headers=headers, content_type="application/json")
+    return web.Response(
+        body=encode(body), status=status, headers=headers, content_type="application/json"
+    )

@@ -32,7 +32,7 @@ from events.store import connect
 from projections import reads
 from service import deliveries
 from service.errors import ApiError, json_response
-from service.keys import appender_key, keyring_key, pool_key, settings_key
+from service.keys import appender_key, keyring_key, pool_key, request_id_key, settings_key
 from service.payloads import PayloadError, parse_callback, parse_json
 from service.signatures import SignatureError, Verified, signed_headers, verify_request
 
@@ -58,7 +58,7 @@ def _metadata(request: web.Request, verified: Verified, received_at: datetime) -
     return {
         "scheme": verified.scheme,
         "idempotency_key": verified.idempotency_key,
-        "request_id": structlog.contextvars.get_contextvars().get("request_id"),
+        "request_id": request.get(request_id_key),
         "remote_addr": request.remote,
         "received_at": format_timestamp(received_at),
     }
@@ -122,17 +122,23 @@ async def _github_event(
     )
 
 
-async def receive_webhook(request: web.Request) -> web.Response:
-    settings = request.app[settings_key]
-    if request.content_length is not None and request.content_length > settings.max_body_bytes:
-        raise ApiError(413, "Payload too large")
+async def _read_body(request: web.Request) -> bytes:
+    if request.content.is_eof():  # arrived with the headers, as nearly every callback does
+        return await request.read()
     try:
         # A body that trickles in (slow-loris) must not hold a connection forever; the app's
         # client_max_size refuses longer chunked bodies.
         async with asyncio.timeout(BODY_TIMEOUT_S):
-            body = await request.read()
+            return await request.read()
     except TimeoutError:
         raise ApiError(408, "Request timeout", headers={"Connection": "close"}) from None
+
+
+async def receive_webhook(request: web.Request) -> web.Response:
+    settings = request.app[settings_key]
+    if request.content_length is not None and request.content_length > settings.max_body_bytes:
+        raise ApiError(413, "Payload too large")
+    body = await _read_body(request)
 
     try:
         verified = verify_request(request.headers, body, request.app[keyring_key], time.time())

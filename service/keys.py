@@ -31,3 +31,6 @@ broadcaster_key: web.AppKey[Broadcaster] = web.AppKey("broadcaster")
 assets_key: web.AppKey[Assets] = web.AppKey("assets")
 openapi_key: web.AppKey[bytes] = web.AppKey("openapi")
 metrics_key = web.AppKey("metrics", Metrics)
+
+# Per request: the id the request context middleware gave it (also in every log line).
+request_id_key = web.RequestKey("request_id", str)

@@ -13,7 +13,7 @@ from aiohttp.typedefs import Handler
 
 from events.errors import StorageUnavailable
 from service.errors import ApiError, json_response
-from service.keys import metrics_key, read_tokens_key
+from service.keys import metrics_key, read_tokens_key, request_id_key
 
 log = structlog.get_logger(component="http")
 
@@ -36,6 +36,7 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     request_id = offered if _REQUEST_ID.match(offered) else uuid.uuid4().hex
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
+    request[request_id_key] = request_id
     started = time.perf_counter()
     response = await handler(request)
     response.headers["X-Request-ID"] = request_id

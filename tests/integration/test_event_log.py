@@ -95,7 +95,7 @@ async def lock_waiters(pool: asyncpg.Pool[Any]) -> int:
         return int(
             await conn.fetchval(
                 "SELECT count(*) FROM pg_stat_activity"
-                " WHERE wait_event_type = 'Lock' AND query LIKE '%pg_advisory_xact_lock%'"
+                " WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'"
             )
         )
 

@@ -13,6 +13,8 @@ from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from events.hashing import (
     GENESIS_HASH,
@@ -112,6 +114,22 @@ def test_what_is_not_json_is_refused() -> None:
         canonical_json({"when": datetime.now(UTC)})
     with pytest.raises(TypeError):
         canonical_json({1, 2})
+
+
+_plain_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_plain_values)
+def test_the_fast_encoding_of_plain_values_is_the_standard_one(value: Any) -> None:
+    """Strings, integers, booleans and null (the envelope of a received event) are written by
+    orjson: byte for byte what the standard library writes, or else refused and written by it."""
+    standard = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert canonical_json(value) == standard.encode("utf-8", "surrogatepass")
 
 
 def test_timestamps_are_fixed_width_utc() -> None:
