@@ -87,14 +87,13 @@ def _encode_json(value: Any) -> bytes:
 
 
 def _decode_json(data: bytes) -> Any:
-    if data[:1] != _JSONB_V1:
-        raise ValueError(f"unknown jsonb format version {data[:1]!r}")
-    text = memoryview(data)[1:]
+    if data[0] != _JSONB_V1[0]:
+        raise ValueError(f"unknown jsonb format version {data[0]}")
     # jsonb holds integers of any size (1e300 comes back as 1 and 300 zeros), which orjson
     # would turn into floats: a run of 20 digits, in a number or not, takes the standard path.
-    if _LONG_DIGIT_RUN(text) is not None:
-        return json.loads(bytes(text))
-    return orjson.loads(text)
+    if _LONG_DIGIT_RUN(data, 1) is not None:
+        return json.loads(data[1:])
+    return orjson.loads(data[1:])
 
 
 async def register_codecs(conn: asyncpg.Connection[Any]) -> None:
