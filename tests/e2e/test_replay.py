@@ -278,6 +278,12 @@ async def test_an_interrupted_replay_changes_nothing_and_the_next_one_cleans_up(
         await conn.execute("UPDATE job_status SET message = 'live'")
     before = await snapshot(pool)
 
+    # The checkpoint rows held, as a busy projector would: the replay cannot reach its swap, so
+    # the signal lands before its COMMIT however fast it folds (building, or waiting to swap).
+    holder = await pool.acquire()
+    hold = holder.transaction()
+    await hold.start()
+    await holder.execute("SELECT position FROM projection_checkpoints FOR UPDATE")
     proc = await asyncio.create_subprocess_exec(
         str(JOBTRAIL),
         "replay",
@@ -293,12 +299,14 @@ async def test_an_interrupted_replay_changes_nothing_and_the_next_one_cleans_up(
             assert proc.returncode is None, await proc.communicate()
             assert time.monotonic() < deadline, "the replay never started building"
             await asyncio.sleep(0.005)
-        proc.send_signal(how)  # mid-build: folding the log
+        proc.send_signal(how)  # mid-build, or waiting for the held rows to swap
         _, err = await asyncio.wait_for(proc.communicate(), 30)
     finally:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+        await hold.rollback()
+        await pool.release(holder)
     if how == signal.SIGINT:
         assert proc.returncode == 2, err
         assert b"interrupted" in err and b"Traceback" not in err, err
