@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -27,6 +28,12 @@ from service.settings import Settings
 from tests.helpers import CALLBACK_SECRET, READ_TOKEN, ROTATED_SECRET, with_database
 
 AiohttpClient = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
+
+# A run started in the background of a non-interactive shell (`make test &`) inherits SIGINT
+# ignored, and so would every process the tests start: a Ctrl-C test would then see its
+# `jobtrail` or script carry on. Give the session, and so its children, the default back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
