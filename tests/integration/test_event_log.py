@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -15,8 +16,8 @@ import pytest
 from events.appender import Appender
 from events.catalog import STATUS_REPORTED, job_stream
 from events.hashing import check_chain
-from events.models import NewEvent
-from events.store import read_stream, register_codecs
+from events.models import NewEvent, RecordedEvent
+from events.store import Q, folded, read_stream, recorded, register_codecs
 from projections.runner import Projector
 from tests.helpers import running, wait_for_projection
 
@@ -210,3 +211,18 @@ async def test_hashes_survive_the_jsonb_round_trip(pool: asyncpg.Pool[Any]) -> N
     async with pool.acquire() as conn:
         [stored] = await read_stream(conn, job_stream("numbers"))
     assert check_chain([stored]) == [True]
+
+
+async def test_the_fold_reads_select_the_fields_of_a_recorded_event_in_order(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    """read_all and read_range rows are turned into events positionally (``store.folded``)."""
+    appender = Appender(pool)
+    async with running(appender.run()):
+        await appender.append([callback("order")])
+    expected = [f.name for f in dataclasses.fields(RecordedEvent) if f.name != "raw"]
+    async with pool.acquire() as conn:
+        for query, args in ((Q["read_all"], (0, 10)), (Q["read_range"], (0, 10, 10))):
+            [row] = await conn.fetch(query, *args)
+            assert list(row.keys()) == expected
+            assert folded(row) == recorded(row)
