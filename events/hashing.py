@@ -58,17 +58,28 @@ def _settled(value: Any) -> Any:
     return value
 
 
+# The scalars orjson writes exactly as ``json`` does (exact types: a subclass takes the slow path).
+_PLAIN_SCALARS = frozenset({str, int, bool, type(None)})
+
+
 def _plain(value: Any, depth: int = 0) -> bool:
     """Whether ``value`` holds only strings, integers, booleans, null, and dicts and lists of
-    them: what orjson writes exactly as ``json`` does (no floats, whose spelling differs)."""
-    if value is None or isinstance(value, str | int):
+    them: what orjson writes exactly as ``json`` does (no floats, whose spelling differs).
+    Checked on every event appended, hence exact type lookups rather than ``isinstance``."""
+    kind = type(value)
+    if kind in _PLAIN_SCALARS:
         return True
     if depth > 3:
         return False
-    if isinstance(value, dict):
-        return all(type(k) is str and _plain(v, depth + 1) for k, v in value.items())
-    if isinstance(value, list):
-        return all(_plain(v, depth + 1) for v in value)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                return False
+            if type(item) not in _PLAIN_SCALARS and not _plain(item, depth + 1):
+                return False
+        return True
+    if kind is list:
+        return all(_plain(item, depth + 1) for item in value)
     return False
 
 

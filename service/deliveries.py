@@ -9,14 +9,14 @@ fixed amount of memory; several processes each keep their own.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
-from typing import Any
+from typing import NamedTuple
 
-import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
@@ -51,17 +51,33 @@ class Delivery:
     event_id: str | None
 
 
+class _Entry(NamedTuple):
+    """A delivery as the ring keeps it: built on every request, so a tuple with the time as
+    seconds since the epoch; ``Delivery`` is made only for the few that are read."""
+
+    received_at: float
+    scheme: str | None
+    outcome: str
+    status_code: int
+    reason: str | None
+    job_id: str | None
+    event_id: str | None
+
+
 class DeliveryLog:
     """The last ``capacity`` deliveries of this process."""
 
     def __init__(self, capacity: int = CAPACITY) -> None:
-        self._ring: deque[Delivery] = deque(maxlen=capacity)
+        self._ring: deque[_Entry] = deque(maxlen=capacity)
 
-    def record(self, delivery: Delivery) -> None:
-        self._ring.append(delivery)
+    def record(self, entry: _Entry) -> None:
+        self._ring.append(entry)
 
     def newest(self, limit: int) -> list[Delivery]:
-        return list(islice(reversed(self._ring), limit))
+        return [
+            Delivery(datetime.fromtimestamp(e.received_at, UTC), *e[1:])
+            for e in islice(reversed(self._ring), limit)
+        ]
 
 
 def note(**facts: str | None) -> None:
@@ -91,17 +107,15 @@ async def record_deliveries(request: web.Request, handler: Handler) -> web.Strea
     errors themselves and leaves their rendering to it."""
     if request.path != INGEST_PATH or request.method != "POST":
         return await handler(request)
-    received_at = datetime.now(UTC)
+    received_at = time.time()
     notes: dict[str, str | None] = {}
     reset = _NOTES.set(notes)
     status, outcome = 500, "error"
     reason: str | None = "internal error"
-    event_id: Any = None
     try:
         response = await handler(request)
         status = response.status
         if status == 200:  # ingest noted what it stored: no need to parse the answer again
-            event_id = notes.get("event_id")
             outcome = notes.get("outcome") or "accepted"
             reason = None
         return response
@@ -118,16 +132,15 @@ async def record_deliveries(request: web.Request, handler: Handler) -> web.Strea
         raise
     finally:
         _NOTES.reset(reset)
-        request.app[metrics_key].ingest.labels(notes.get("scheme") or "none", outcome).inc()
-        job_id = structlog.contextvars.get_contextvars().get("job_id")
+        request.app[metrics_key].count_ingest(notes.get("scheme") or "none", outcome)
         request.app[deliveries_key].record(
-            Delivery(
-                received_at=received_at,
-                scheme=notes.get("scheme"),
-                outcome=outcome,
-                status_code=status,
-                reason=_shorten(notes.get("reason", reason)) if status != 200 else None,
-                job_id=job_id if isinstance(job_id, str) else None,
-                event_id=event_id if isinstance(event_id, str) else None,
+            _Entry(
+                received_at,
+                notes.get("scheme"),
+                outcome,
+                status,
+                None if status == 200 else _shorten(notes.get("reason", reason)),
+                notes.get("job_id"),
+                notes.get("event_id") if status == 200 else None,
             )
         )

@@ -54,6 +54,12 @@ def _is_json(content_type: str) -> bool:
     )
 
 
+def _bind_job(job_id: str) -> None:
+    """From here on, the request's log lines and its delivery record name the job."""
+    structlog.contextvars.bind_contextvars(job_id=job_id)
+    deliveries.note(job_id=job_id)
+
+
 def _metadata(request: web.Request, verified: Verified, received_at: datetime) -> dict[str, Any]:
     return {
         "scheme": verified.scheme,
@@ -68,7 +74,7 @@ def _callback_event(
     request: web.Request, verified: Verified, raw: RawRequest, received_at: datetime
 ) -> NewEvent:
     document, callback = parse_callback(raw.body)
-    structlog.contextvars.bind_contextvars(job_id=callback.job_id)
+    _bind_job(callback.job_id)
     if verified.scheme == "legacy":
         verified = Verified("legacy", callback.delivery_id)
     heartbeat = callback.canonical_status == "heartbeat"
@@ -109,7 +115,7 @@ async def _github_event(
         match = "run_id" if job_id is not None else "title"
         job_id = job_id or report.titled_job
         if job_id is not None:
-            structlog.contextvars.bind_contextvars(job_id=job_id)
+            _bind_job(job_id)
             metadata |= {"job_id": job_id, "job_match": match}
     return NewEvent(
         stream_id=github_stream(event_name, report.run_id if report else None),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -29,10 +29,17 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+class _Incrementable(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
+
+
 class Metrics:
     """Every metric jobtrail exports, registered in a registry of its own."""
 
     def __init__(self) -> None:
+        # Each request counts itself twice; ``labels()`` validates, stringifies and locks on
+        # every call, so the children are looked up once per label values and kept here.
+        self._children: dict[tuple[str, str, str], _Incrementable] = {}
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -95,6 +102,20 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+
+    def count_request(self, route: str, code: int) -> None:
+        key = ("requests", route, str(code))
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.requests.labels(route, key[2])
+        child.inc()
+
+    def count_ingest(self, scheme: str, outcome: str) -> None:
+        key = ("ingest", scheme, outcome)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.ingest.labels(scheme, outcome)
+        child.inc()
 
     def observe_batch(self, size: int, seconds: float) -> None:
         self.append_batch_size.observe(size)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hmac
+import os
 import re
 import time
-import uuid
 
 import structlog
 from aiohttp import web
@@ -26,14 +26,15 @@ PUBLIC_PATHS = frozenset(
 PUBLIC_PREFIX = "/static/"  # one level below: /static/<name>, nothing deeper
 # Seconds a client should wait before retrying while PostgreSQL is unreachable.
 RETRY_AFTER_S = "5"
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}").fullmatch
 
 
 @web.middleware
 async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind a request id to every log line of the request; log the request once at the end."""
-    offered = request.headers.get("X-Request-ID", "")
-    request_id = offered if _REQUEST_ID.match(offered) else uuid.uuid4().hex
+    offered = request.headers.get("X-Request-ID")
+    # A fresh id needs only be unique, not a UUID object: the same 32 hex digits, cheaper.
+    request_id = offered if offered and _REQUEST_ID(offered) else os.urandom(16).hex()
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     request[request_id_key] = request_id
@@ -43,13 +44,14 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
     # The route's pattern, not the path: one label value per route, not per job id.
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else "unmatched"
-    request.app[metrics_key].requests.labels(route, str(response.status)).inc()
+    status = response.status
+    request.app[metrics_key].count_request(route, status)
     log.info(  # job_id and scheme come from the context, where ingest binds them
         "request",
         method=request.method,
         route=route,
         path=request.path,
-        status=response.status,
+        status=status,
         duration_ms=round((time.perf_counter() - started) * 1000, 2),
         remote=request.remote,
     )

@@ -226,7 +226,7 @@ def verify_request(
     ``now`` None skips the timestamp tolerance (``reverify``). Raises ``SignatureError`` with
     the reason of the last scheme tried.
     """
-    error = SignatureError("no signature header")
+    error: SignatureError | None = None
     if "webhook-signature" in headers:
         try:
             return _verify_standard(headers, body, keyring, now)
@@ -242,7 +242,7 @@ def verify_request(
             return _verify_legacy(headers, body, keyring)
         except SignatureError as e:
             error = e
-    raise error
+    raise error or SignatureError("no signature header")
 
 
 def signed_headers(verified: Verified, headers: Mapping[str, str]) -> dict[str, str]:

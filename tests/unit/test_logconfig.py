@@ -1,14 +1,17 @@
-"""A logged exception never carries a frame's local variables (they can hold secrets)."""
+"""A logged exception never carries a frame's local variables (they can hold secrets); every
+line's timestamp is UTC ISO 8601."""
 
 from __future__ import annotations
 
 import json
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import pytest
 import structlog
 
-from service.logconfig import configure_logging
+from service.logconfig import add_timestamp, configure_logging
 
 SECRET = "whsec_dGhpcy1pcy1hLXNlY3JldA=="
 
@@ -35,3 +38,13 @@ def test_tracebacks_show_no_locals(
     assert SECRET not in err
     if log_format == "json":
         assert json.loads(err.strip().splitlines()[-1])["event"] == "request.failed"
+
+
+def test_timestamps_are_utc_iso_with_microseconds() -> None:
+    before = datetime.now(UTC)
+    stamp = add_timestamp(None, "info", {})["timestamp"]
+    after = datetime.now(UTC)
+    # What structlog's TimeStamper(fmt="iso", utc=True) writes, which it replaces.
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
+    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    assert before - timedelta(milliseconds=1) <= moment <= after + timedelta(milliseconds=1)

@@ -16,6 +16,7 @@ from service.payloads import MAX_DEPTH, MAX_SAFE_INTEGER, PayloadError, parse_js
         (b'{"a": [1, 2.5, null, true, false, "x"]}', {"a": [1, 2.5, None, True, False, "x"]}),
         (b'{"e": "\\u00e9", "raw": "\xc3\xa9"}', {"e": "é", "raw": "é"}),
         (b'{"emoji": "\\ud83d\\ude00"}', {"emoji": "😀"}),  # a valid surrogate pair
+        (b'{"path": "C:\\\\u0000"}', {"path": "C:\\u0000"}),  # an escaped backslash, then u
         (b'{"n": %d}' % MAX_SAFE_INTEGER, {"n": MAX_SAFE_INTEGER}),
         (b'{"n": 0}', {"n": 0}),
         (b'{"f": -1.5, "g": 1e308, "h": -0.0}', {"f": -1.5, "g": 1e308, "h": -0.0}),
