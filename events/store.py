@@ -166,7 +166,9 @@ _DUPLICATE, _CONFLICT = b"d", b"c"
 async def flush_wal(conn: Connection) -> None:
     """Wait until every commit so far is on disk (the WAL is flushed past it). PostgreSQL 17
     and later (pg_logical_emit_message's flush argument), as the partitioned log needs anyway."""
-    await conn.execute(Q["flush_wal"])
+    # fetchval, not execute: a prepared statement (planned once per connection), where execute
+    # without arguments would send a simple query to be parsed and planned on every batch.
+    await conn.fetchval(Q["flush_wal"])
 
 
 class Row(NamedTuple):
