@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from events.catalog import HEARTBEAT_RECORDED
 from events.models import RecordedEvent
 from projections.base import Projection
 
 
-@dataclass(frozen=True, slots=True)
-class JobHeartbeat:
+class JobHeartbeat(NamedTuple):
     job_id: str
     last_heartbeat_at: datetime
     heartbeat_count: int

@@ -25,9 +25,8 @@ the run id, else the one their title names). For that job:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from events.catalog import (
     GITHUB_WORKFLOW_JOB,
@@ -47,8 +46,7 @@ from projections.base import Projection, evolve
 _RANK = {"queued": 0, "provisioning": 1, "running": 2}
 
 
-@dataclass(frozen=True, slots=True)
-class JobStatus:
+class JobStatus(NamedTuple):
     job_id: str
     status: str
     created_at: datetime
@@ -90,7 +88,8 @@ def _new(job_id: str, event: RecordedEvent, status: str) -> JobStatus:
 
 def _reported(event: RecordedEvent) -> dict[str, Any]:
     """The identity fields a callback carries, where present."""
-    return {k: event.data[k] for k in _IDENTITY if event.data.get(k) is not None}
+    data = event.data
+    return {k: v for k in _IDENTITY if (v := data.get(k)) is not None}
 
 
 def apply(job: JobStatus | None, event: RecordedEvent) -> JobStatus:

@@ -6,7 +6,6 @@ fails here rather than in the projector at run time.
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +13,7 @@ import asyncpg
 import pytest
 
 from events.store import Connection
-from projections.base import AnyProjection
+from projections.base import AnyProjection, evolve
 from projections.registry import PROJECTIONS
 
 SAMPLES: dict[str, Any] = {
@@ -57,7 +56,7 @@ async def test_a_row_saved_by_the_upsert_loads_back_equal(
     projection: AnyProjection, pool: asyncpg.Pool[Any]
 ) -> None:
     state = projection.state_type(*(SAMPLES[pg_type] for _, pg_type, _ in projection.schema))
-    changed = dataclasses.replace(state, **{projection.columns[-1]: state_last(projection)})
+    changed = evolve(state, **{projection.columns[-1]: state_last(projection)})
     async with pool.acquire() as conn:
         for saved in (state, changed):  # an insert, then an update of the same key
             await conn.execute(projection.upsert_sql, *([v] for v in projection.to_row(saved)))

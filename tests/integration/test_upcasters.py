@@ -4,9 +4,8 @@ as stored."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import pytest
@@ -24,8 +23,7 @@ from tests.workload import append
 PAINTED = "test.painted"  # v1: {"item", "colour"}; v2 renamed the field: {"item", "color"}
 
 
-@dataclass(frozen=True, slots=True)
-class Paint:
+class Paint(NamedTuple):
     item: str
     color: str
     version: int  # the version the fold was given
