@@ -30,9 +30,10 @@ flushed in order: the projector's own commit flushes it too.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, NamedTuple, TypeAlias
 from uuid import UUID
 
@@ -271,7 +272,7 @@ async def scan(
     page: int = 10_000,
     upcasters: Upcasters | None = UPCASTERS,
     raw: bool = False,
-) -> AsyncIterator[list[RecordedEvent]]:
+) -> AsyncGenerator[list[RecordedEvent], None]:
     """The events with ``after`` < position <= ``until`` (default: the head), in position
     order, a page at a time: one short keyset query per page, so memory stays flat however
     long the log, and no transaction is needed (run it inside one for a consistent snapshot).
@@ -280,14 +281,23 @@ async def scan(
     their raw requests too (auditing needs them, folding does not).
     """
     query = Q["read_range_raw" if raw else "read_range"]
-    last = after
-    while True:
-        rows = await conn.fetch(query, last, MAX_POSITION if until is None else until, page)
-        if not rows:
-            return
+    end = MAX_POSITION if until is None else until
+    rows = await conn.fetch(query, after, end, page)
+    while rows:
         events = [recorded(r) for r in rows] if raw else [folded(r) for r in rows]
-        last = events[-1].position
-        yield events if upcasters is None else [upcasters.upcast(e) for e in events]
+        # The next page is asked for before this one is handed over: PostgreSQL reads and sends
+        # it while the caller works on this one (on another core), instead of in turn.
+        ahead = asyncio.ensure_future(conn.fetch(query, events[-1].position, end, page))
+        await asyncio.sleep(0)  # let it send the query before the caller takes the loop
+        try:
+            yield events if upcasters is None else [upcasters.upcast(e) for e in events]
+        except BaseException:
+            # The caller stopped reading: the connection must be free again when we return.
+            ahead.cancel()
+            with contextlib.suppress(BaseException):
+                await ahead
+            raise
+        rows = await ahead
 
 
 async def read_stream(conn: Connection, stream_id: str, *, raw: bool = True) -> list[RecordedEvent]:

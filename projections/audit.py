@@ -14,6 +14,7 @@ still checked, across the archived ranges (``events.audit``).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -118,16 +119,18 @@ async def compare(
         problems: list[Problem] = []
         if chains:
             head = await head_position(conn)
-            async for events in scan(conn, until=head, page=page, upcasters=None, raw=True):
-                for event in events:
-                    problems += auditor.check(event)
-                    if inspect is not None:
-                        problems += inspect(event)
-                    if not missing:
-                        fold.apply(upcasters.upcast(event))
-                fold.position = events[-1].position
-                if progress is not None:
-                    progress(fold.position, head)
+            pages = scan(conn, until=head, page=page, upcasters=None, raw=True)
+            async with contextlib.aclosing(pages):  # scan reads ahead: free the connection
+                async for events in pages:
+                    for event in events:
+                        problems += auditor.check(event)
+                        if inspect is not None:
+                            problems += inspect(event)
+                        if not missing:
+                            fold.apply(upcasters.upcast(event))
+                    fold.position = events[-1].position
+                    if progress is not None:
+                        progress(fold.position, head)
             problems += await auditor.check_heads(conn)
         elif not missing:
             last = max(checkpoints.values(), default=0)

@@ -7,6 +7,7 @@ Events reach the folds upcast (``events.upcasters``), like the live projector's.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -90,16 +91,18 @@ class Fold:
         if progress is not None:
             head = await head_position(conn)
             head = head if until is None else min(head, until)
-        async for events in scan(
-            conn, after=self.position, until=until, page=page, upcasters=upcasters
-        ):
-            for event in events:
-                if keep is None or keep(event):
-                    self.apply(event)
-            self.position = events[-1].position
-            # The states only grow and live as long as the fold: without this, every full
-            # collection of the cyclic GC walks all of them again (a third of a replay's time
-            # at a million events). A page's events are freed by reference counting all the same.
-            gc.freeze()
-            if progress is not None:
-                progress(self.position, max(head, self.position))
+        # aclosing: a fold that fails mid-page must leave the connection free (scan reads ahead).
+        pages = scan(conn, after=self.position, until=until, page=page, upcasters=upcasters)
+        async with contextlib.aclosing(pages):
+            async for events in pages:
+                for event in events:
+                    if keep is None or keep(event):
+                        self.apply(event)
+                self.position = events[-1].position
+                # The states only grow and live as long as the fold: without this, every full
+                # collection of the cyclic GC walks all of them again (a third of a replay's
+                # time at a million events). A page's events are freed by reference counting
+                # all the same.
+                gc.freeze()
+                if progress is not None:
+                    progress(self.position, max(head, self.position))

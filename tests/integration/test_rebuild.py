@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import pytest
 
 from events.locks import REPLAY_LOCK
+from events.models import RecordedEvent
+from projections.base import Projection
+from projections.folding import Fold
 from projections.replay import ReplayError, rebuild
 from tests.e2e.test_replay import folded
 from tests.workload import append, aside_tables, callback, head, jobtrail, lifecycle, snapshot
@@ -76,3 +79,29 @@ async def test_one_replay_at_a_time(
     assert busy.code == 2, busy
     assert "another replay is running" in busy.stderr and "Traceback" not in busy.stderr
     assert (await rebuild(pool)).position == 4
+
+
+class Seen(NamedTuple):
+    job_id: str
+    events: int
+
+
+def fails_at_the_25th(state: Seen | None, event: RecordedEvent) -> Seen:
+    if event.position == 25:
+        raise RuntimeError("fold failed at 25")
+    return Seen(event.data["job_id"], (state.events if state else 0) + 1)
+
+
+async def test_a_fold_failing_mid_log_raises_its_error_and_frees_the_connection(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    # The log is read a page ahead of the fold; the page in flight must not outlive the fold.
+    await append(pool, lifecycle(jobs=10, per_job=5))
+    failing = Projection(
+        "seen", Seen, key_of=lambda e: str(e.data["job_id"]), apply=fails_at_the_25th
+    )
+    async with pool.acquire() as conn:
+        with pytest.raises(RuntimeError, match="fold failed at 25"):
+            async with conn.transaction(isolation="repeatable_read"):
+                await Fold([failing]).run(conn, page=10)
+        assert await conn.fetchval("SELECT count(*) FROM events") == 50
