@@ -11,7 +11,7 @@ import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NewType
+from typing import Any, NamedTuple, NewType
 from uuid import UUID, uuid4
 
 StreamId = NewType("StreamId", str)
@@ -91,12 +91,14 @@ class AppendResult:
     conflict: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class RecordedEvent:
+class RecordedEvent(NamedTuple):
     """An event as stored, with its place in the global order and in its stream.
 
     ``raw`` is the request it was received as, when it was and when the reader fetched it (the
     projector's reads leave it out); ``digest_version`` says how its hash was computed.
+
+    A ``NamedTuple`` rather than a frozen dataclass: as immutable, and built several times
+    faster, which counts where every event of the log is read (replay, verify, the projector).
     """
 
     position: int

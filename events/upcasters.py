@@ -42,9 +42,7 @@ class Upcasters:
         """``event`` at the latest version its type has steps for (itself if none apply)."""
         while (step := self.steps.get((event.type, event.version))) is not None:
             # Each step gets its own copy: an upcaster may change the dict it is given.
-            event = dataclasses.replace(
-                event, data=step(dict(event.data)), version=event.version + 1
-            )
+            event = event._replace(data=step(dict(event.data)), version=event.version + 1)
         return event
 
 

@@ -81,7 +81,7 @@ def recorded(raw_request: RawRequest | None, data: dict[str, Any], **changes: An
         digest_version=new.digest_version,
         raw=raw_request,
     )
-    return dataclasses.replace(event, **changes)
+    return event._replace(**changes)
 
 
 def v2_digest(raw_request: RawRequest, **changes: Any) -> bytes:
@@ -177,12 +177,12 @@ def test_a_chain_of_v2_events_checks_data_and_hash() -> None:
     data = json.loads(AWKWARD)
     event = recorded(raw(), data)
     assert check_chain([event]) == [True]
-    assert check_chain([dataclasses.replace(event, data={**data, "status": "failed"})]) == [False]
+    assert check_chain([event._replace(data={**data, "status": "failed"})]) == [False]
     edited = raw(AWKWARD.replace(b"running", b"failed "))
-    assert check_chain([dataclasses.replace(event, raw=edited)]) == [False]
-    assert check_chain([dataclasses.replace(event, raw=None)]) == [False]
-    assert check_chain([dataclasses.replace(event, digest_version=1)]) == [False]
-    assert check_chain([dataclasses.replace(event, digest_version=3)]) == [False]
+    assert check_chain([event._replace(raw=edited)]) == [False]
+    assert check_chain([event._replace(raw=None)]) == [False]
+    assert check_chain([event._replace(digest_version=1)]) == [False]
+    assert check_chain([event._replace(digest_version=3)]) == [False]
 
 
 # --- re-verifying stored signatures -------------------------------------------------------------

@@ -4,7 +4,6 @@ named, and a file compared with its archive record."""
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from uuid import uuid4
@@ -47,7 +46,7 @@ def chain(stream_id: str, count: int) -> list[RecordedEvent]:
             received_at=event.received_at,
         )
         prev = chain_hash(prev, i, digest)
-        events.append(dataclasses.replace(event, hash=prev))
+        events.append(event._replace(hash=prev))
     return events
 
 
