@@ -85,7 +85,8 @@ def main() -> None:
         m = results["machine"]
         print(
             f"PostgreSQL {m['postgres']}, fsync={m['fsync']},"
-            f" synchronous_commit={m['synchronous_commit']}; ceiling on {m['ceiling_event_loop']}",
+            f" synchronous_commit={m['synchronous_commit']}; ceiling on {m['ceiling_event_loop']};"
+            f" jobtrail serve --workers {m['jobtrail_workers']}",
             flush=True,
         )
         if m["fsync"] != "on":

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -25,6 +26,9 @@ SECRET = "whsec_" + "YmVuY2htYXJrLXNlY3JldC1ieXRlcy0xMjM0NTY3OA=="
 TOKEN = "bench-token"
 PYTHON = sys.executable
 JOBTRAIL = str(Path(PYTHON).parent / "jobtrail")
+# ``jobtrail serve --workers N`` for the ingest and lag runs: one process per core measured
+# best on 2 cores (bench/README.md); BENCH_JOBTRAIL_WORKERS=1 measures the single process.
+JOBTRAIL_WORKERS = int(os.environ.get("BENCH_JOBTRAIL_WORKERS", "2"))
 
 
 @contextmanager
@@ -104,6 +108,53 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text()
+        found += [int(child) for child in text.split()]
+    return found
+
+
+def tree_pss_mb(pid: int) -> float:
+    """Memory of a process and its descendants now: the sum of their proportional set sizes
+    (shared pages counted once across them, unlike a sum of RSS), MiB."""
+    total_kb, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            for line in Path(f"/proc/{current}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total_kb += int(line.split()[1])
+                    break
+            pending += _children(current)
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # ended meanwhile
+    return total_kb / 1024
+
+
+@contextmanager
+def sampling_memory(pid: int, every_s: float = 0.25) -> Iterator[list[float]]:
+    """Sample ``tree_pss_mb(pid)`` in a thread while the block runs; the list holds the
+    samples when it ends."""
+    samples: list[float] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while True:
+            samples.append(tree_pss_mb(pid))
+            if done.wait(every_s):
+                return
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        done.set()
+        thread.join()
 
 
 @contextmanager

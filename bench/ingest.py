@@ -22,6 +22,7 @@ from typing import Any
 from bench.common import (
     HERE,
     JOBTRAIL,
+    JOBTRAIL_WORKERS,
     PYTHON,
     SECRET,
     base_env,
@@ -29,6 +30,7 @@ from bench.common import (
     heartbeat_body,
     jobtrail_env,
     peak_rss_mb,
+    sampling_memory,
     server,
     signed,
     summary,
@@ -55,7 +57,8 @@ def _reference(kind: str) -> Callable[[str, Path], tuple[list[str], dict[str, st
 
 
 def _jobtrail(dsn: str, scratch: Path) -> tuple[list[str], dict[str, str]]:
-    return [JOBTRAIL, "serve"], jobtrail_env(dsn, scratch / "jobtrail-data")
+    command = [JOBTRAIL, "serve", "--workers", str(JOBTRAIL_WORKERS)]
+    return command, jobtrail_env(dsn, scratch / "jobtrail-data")
 
 
 TARGET_SPECS = {
@@ -117,8 +120,11 @@ def measure_once(
         dsn = asyncio.run(fresh_database(server_dsn, f"bench_{target.name}"))
     command, env = target.launch(dsn, scratch)
     with server(command, env, scratch / f"{target.name}.log") as (port, process):
-        result = run_wrk(port, requests, args)
-        result["rss_mb"] = round(peak_rss_mb(process.pid), 1)
+        # The memory of every process the server runs (jobtrail's workers and their parent).
+        with sampling_memory(process.pid) as samples:
+            result = run_wrk(port, requests, args)
+        result["rss_mb"] = round(max(samples), 1)
+        result["peak_rss_process_mb"] = round(peak_rss_mb(process.pid), 1)
     return result
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 
+from bench.common import JOBTRAIL_WORKERS
 from bench.servers import has_uvloop
 
 
@@ -59,6 +60,7 @@ def machine(dsn: str) -> dict[str, Any]:
         "python": platform.python_version(),
         "wrk": _wrk_version(),
         "ceiling_event_loop": "uvloop" if has_uvloop() else "asyncio",
+        "jobtrail_workers": JOBTRAIL_WORKERS,
     }
 
 
