@@ -27,9 +27,12 @@ from tests.workload import callback
 async def test_ensure_takes_no_lock_when_every_partition_exists(pool: asyncpg.Pool[Any]) -> None:
     month = current_month()
     async with pool.acquire() as holder, pool.acquire() as conn:
+        # The template database was made with its month and the next two; a session that
+        # crosses into a new month since needs one more, made here before the lock is taken.
+        await ensure_partitions(conn, month, 2)
         await holder.execute("SELECT pg_advisory_lock($1)", PARTITION_LOCK)
         try:
-            # The template database has this month and the next two: nothing to wait for.
+            # This month and the next two exist: nothing to wait for.
             assert await asyncio.wait_for(ensure_partitions(conn, month, 2), 5) == []
             # A missing month is created under the lock: it waits for the holder.
             later = add_months(month, 8)
