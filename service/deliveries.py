@@ -2,9 +2,10 @@
 
 A middleware around the ingest route records each attempt's outcome once it is known; ingest
 itself only notes what the response cannot say (the scheme that verified, why a signature was
-refused, the job once the payload named it) with ``note``. Nothing of a request is kept but those facts: no body, no signature.
-The log is a ring of ``CAPACITY`` entries per process, so a flood of refused requests costs a
-fixed amount of memory; several processes each keep their own.
+refused, the job once the payload named it) with ``note``. Nothing of a request is kept but
+those facts: no body, no signature. The log is a ring of ``CAPACITY`` entries per process, so
+a flood of refused requests costs a fixed amount of memory; several processes each keep their
+own.
 """
 
 from __future__ import annotations
