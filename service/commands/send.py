@@ -16,7 +16,6 @@ from typing import Any
 from service.commands import common
 from service.jsonio import dumps
 from service.payloads import PayloadError, parse_callback
-from service.sender import send
 
 
 def register(commands: common.Subcommands) -> None:
@@ -61,6 +60,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     except PayloadError as error:
         problems = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in error.details)
         raise common.CliError(f"invalid callback: {problems}") from None
+
+    from service.sender import send  # aiohttp's client: only this command needs it
 
     def report(attempt: int, status: int | None) -> None:
         answer = status if status is not None else "no answer"

@@ -23,7 +23,6 @@ from service.commands.common import (
 from service.credentials import ensure_credentials
 from service.logconfig import configure_logging
 from service.migrate import migrate
-from service.server import serve
 from service.settings import Settings, serve_flags
 from service.workers import run_workers
 
@@ -55,9 +54,6 @@ def _banner(settings: Settings, generated: dict[str, str], secrets_path: Any) ->
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    # Here, not at the top: the operator commands need none of the HTTP side.
-    from service.app import create_app
-
     settings = load_settings(args)
     configure_logging(settings.log_format, logging.getLevelName(settings.log_level.upper()))
     if settings.workers > 1 and settings.port == 0:
@@ -75,6 +71,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 settings.workers, host=settings.host, port=settings.port, env=env, banner=banner
             )
             return EXIT_OK
+        # Here, not at the top: the operator commands need none of the HTTP side, and neither
+        # does the supervisor of --workers above (aiohttp is a sixth of a CLI process's memory).
+        from service.app import create_app
+        from service.server import serve
+
         try:
             # JSON answers to malformed HTTP, and a graceful stop on SIGTERM (service.server).
             serve(
