@@ -13,10 +13,9 @@ from __future__ import annotations
 import time
 from collections import deque
 from contextvars import ContextVar
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -41,20 +40,9 @@ _OUTCOMES = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    received_at: datetime
-    scheme: str | None
-    outcome: str
-    status_code: int
-    reason: str | None
-    job_id: str | None
-    event_id: str | None
-
-
-class _Entry(NamedTuple):
-    """A delivery as the ring keeps it: built on every request, so a tuple with the time as
-    seconds since the epoch; ``Delivery`` is made only for the few that are read."""
+class Delivery(NamedTuple):
+    """One attempt as the ring keeps it: built on every request, so a tuple, with the time in
+    seconds since the epoch (``DeliveryLog.newest`` turns it into the API's timestamp)."""
 
     received_at: float
     scheme: str | None
@@ -69,15 +57,16 @@ class DeliveryLog:
     """The last ``capacity`` deliveries of this process."""
 
     def __init__(self, capacity: int = CAPACITY) -> None:
-        self._ring: deque[_Entry] = deque(maxlen=capacity)
+        self._ring: deque[Delivery] = deque(maxlen=capacity)
 
-    def record(self, entry: _Entry) -> None:
-        self._ring.append(entry)
+    def record(self, delivery: Delivery) -> None:
+        self._ring.append(delivery)
 
-    def newest(self, limit: int) -> list[Delivery]:
+    def newest(self, limit: int) -> list[dict[str, Any]]:
+        """The ``limit`` newest, newest first, as ``GET /api/deliveries`` shows them."""
         return [
-            Delivery(datetime.fromtimestamp(e.received_at, UTC), *e[1:])
-            for e in islice(reversed(self._ring), limit)
+            d._asdict() | {"received_at": datetime.fromtimestamp(d.received_at, UTC)}
+            for d in islice(reversed(self._ring), limit)
         ]
 
 
@@ -135,7 +124,7 @@ async def record_deliveries(request: web.Request, handler: Handler) -> web.Strea
         _NOTES.reset(reset)
         request.app[metrics_key].count_ingest(notes.get("scheme") or "none", outcome)
         request.app[deliveries_key].record(
-            _Entry(
+            Delivery(
                 received_at,
                 notes.get("scheme"),
                 outcome,

@@ -7,7 +7,6 @@ import base64
 import binascii
 import json
 import time
-from dataclasses import asdict
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -159,7 +158,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
     """This process's recent ingest attempts, newest first (see ``service.deliveries``)."""
     limit = _int_param(request, "limit", deliveries.DEFAULT_LIMIT, 1, deliveries.CAPACITY)
     newest = request.app[deliveries_key].newest(limit)
-    return json_response({"deliveries": [asdict(d) for d in newest]})
+    return json_response({"deliveries": newest})
 
 
 async def healthz(_request: web.Request) -> web.Response:
