@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Sequence
 from typing import Any, NamedTuple, TypeAlias
 from uuid import UUID
 
@@ -72,6 +72,7 @@ _DIGITS_AS_NINES = bytes.maketrans(b"0123456789", b"9" * 10)
 _LONG_DIGIT_RUN = b"9" * 20
 # jsonb's binary format: a version byte, then the document as JSON text.
 _JSONB_V1 = b"\x01"
+_EMPTY_OBJECT = _JSONB_V1 + b"{}"
 
 
 def _encode_json(value: Any) -> bytes:
@@ -88,6 +89,8 @@ def _encode_json(value: Any) -> bytes:
 
 
 def _decode_json(data: bytes) -> Any:
+    if data == _EMPTY_OBJECT:  # the metadata the fold reads leave out (read_all, read_range)
+        return {}
     if data[0] != _JSONB_V1[0]:
         raise ValueError(f"unknown jsonb format version {data[0]}")
     # jsonb holds integers of any size (1e300 comes back as 1 and 300 zeros), which orjson
@@ -249,16 +252,28 @@ def recorded(row: asyncpg.Record) -> RecordedEvent:
     )
 
 
+def _types(types: Collection[str] | None) -> list[str] | None:
+    return None if types is None else sorted(types)
+
+
 async def read_all(
-    conn: Connection, after_position: int, limit: int, *, upcasters: Upcasters = UPCASTERS
+    conn: Connection,
+    after_position: int,
+    limit: int,
+    *,
+    upcasters: Upcasters = UPCASTERS,
+    metadata_of: Collection[str] | None = None,
 ) -> list[RecordedEvent]:
     """Up to ``limit`` events with position > ``after_position``, in position order, upcast
     for folding (``events.upcasters``).
 
+    ``metadata_of``: the event types whose metadata the caller reads; the others come with an
+    empty ``metadata`` (default: every event's).
+
     Complete: no event with a lower position can become visible later (see module docstring).
     """
-    rows = await conn.fetch(Q["read_all"], after_position, limit)
-    return [upcasters.upcast(folded(r)) for r in rows]
+    rows = await conn.fetch(Q["read_all"], after_position, limit, _types(metadata_of))
+    return upcasters.upcast_all([folded(r) for r in rows])
 
 
 MAX_POSITION = 2**63 - 1
@@ -272,25 +287,28 @@ async def scan(
     page: int = 10_000,
     upcasters: Upcasters | None = UPCASTERS,
     raw: bool = False,
+    metadata_of: Collection[str] | None = None,
 ) -> AsyncGenerator[list[RecordedEvent], None]:
     """The events with ``after`` < position <= ``until`` (default: the head), in position
     order, a page at a time: one short keyset query per page, so memory stays flat however
     long the log, and no transaction is needed (run it inside one for a consistent snapshot).
 
     ``upcasters=None`` yields the events as stored (what the hash chain covers); ``raw`` reads
-    their raw requests too (auditing needs them, folding does not).
+    their raw requests too, and every event whole (auditing needs them, folding does not).
+    Otherwise ``metadata_of`` is as for ``read_all``.
     """
     query = Q["read_range_raw" if raw else "read_range"]
     end = MAX_POSITION if until is None else until
-    rows = await conn.fetch(query, after, end, page)
+    more = () if raw else (_types(metadata_of),)
+    rows = await conn.fetch(query, after, end, page, *more)
     while rows:
         events = [recorded(r) for r in rows] if raw else [folded(r) for r in rows]
         # The next page is asked for before this one is handed over: PostgreSQL reads and sends
         # it while the caller works on this one (on another core), instead of in turn.
-        ahead = asyncio.ensure_future(conn.fetch(query, events[-1].position, end, page))
+        ahead = asyncio.ensure_future(conn.fetch(query, events[-1].position, end, page, *more))
         await asyncio.sleep(0)  # let it send the query before the caller takes the loop
         try:
-            yield events if upcasters is None else [upcasters.upcast(e) for e in events]
+            yield events if upcasters is None else upcasters.upcast_all(events)
         except BaseException:
             # The caller stopped reading: the connection must be free again when we return.
             ahead.cancel()

@@ -38,6 +38,12 @@ class Upcasters:
             raise ValueError(f"an upcaster for {type} v{from_version} is already registered")
         return Upcasters(MappingProxyType({**self.steps, (type, from_version): upcaster}))
 
+    def upcast_all(self, events: list[RecordedEvent]) -> list[RecordedEvent]:
+        """``events``, each upcast (the list itself while no type has a second version)."""
+        if not self.steps:
+            return events
+        return [self.upcast(e) for e in events]
+
     def upcast(self, event: RecordedEvent) -> RecordedEvent:
         """``event`` at the latest version its type has steps for (itself if none apply)."""
         while (step := self.steps.get((event.type, event.version))) is not None:

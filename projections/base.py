@@ -17,7 +17,7 @@ import dataclasses
 import functools
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -60,12 +60,15 @@ class Projection(Generic[S]):
     """A read model: its name (also its table and checkpoint), key column, state type and fold.
 
     ``state_type`` is a ``NamedTuple`` whose first field is the key; its fields are the columns.
+    ``metadata_of``: the event types whose ``metadata`` ``key_of`` or ``apply`` read. The
+    readers that feed the folds decode no other event's metadata (it arrives empty).
     """
 
     name: str
     state_type: type[S]
     key_of: Callable[[RecordedEvent], str | None]
     apply: Callable[[S | None, RecordedEvent], S]
+    metadata_of: frozenset[str] = frozenset()
     schema: tuple[tuple[str, str, bool], ...] = dataclasses.field(init=False)
     load_sql: str = dataclasses.field(init=False)
     upsert_sql: str = dataclasses.field(init=False)
@@ -119,6 +122,11 @@ class Projection(Generic[S]):
 
 
 AnyProjection = Projection[Any]
+
+
+def metadata_read_by(projections: Iterable[AnyProjection]) -> frozenset[str]:
+    """The event types whose metadata any of ``projections`` reads."""
+    return frozenset().union(*(p.metadata_of for p in projections))
 
 
 @functools.cache

@@ -10,16 +10,27 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from events.models import RecordedEvent
 from events.store import Connection, head_position, scan
 from events.upcasters import UPCASTERS, Upcasters
-from projections.base import AnyProjection
+from projections.base import AnyProjection, metadata_read_by
 
 Progress = Callable[[int, int], None]  # (last position read, head position)
 States = dict[str, dict[str, Any]]  # projection name -> key -> state
 Origin = tuple[str, int]  # stream id and position of the last event folded into a state
+
+
+class _Step(NamedTuple):
+    """One projection's part in ``Fold.apply``."""
+
+    key_of: Callable[[RecordedEvent], str | None]
+    apply: Callable[[Any, RecordedEvent], Any]
+    states: dict[str, Any]
+    dirty: set[str]
+    origin: dict[str, Origin]
+    limit: int | None  # the last position it takes (None: no limit)
 
 
 class Fold:
@@ -46,21 +57,35 @@ class Fold:
         self.track_changes = True
         self.position = 0  # the last position read (taken or not)
         self.events = 0  # how many events were taken
-        self._limits = limits
         self._track_origins = track_origins
+        # What apply needs of each projection, looked up once: it runs for every event of a
+        # replay, times every projection.
+        self._plan = tuple(
+            _Step(
+                p.key_of,
+                p.apply,
+                self.states[p.name],
+                self.dirty[p.name],
+                self.origin[p.name],
+                None if limits is None else limits.get(p.name, 0),
+            )
+            for p in self.projections
+        )
 
     def apply(self, event: RecordedEvent) -> None:
         """Fold one (upcast) event into every projection it concerns."""
-        for projection in self.projections:
-            name = projection.name
-            if self._limits is not None and event.position > self._limits.get(name, 0):
+        position = event.position
+        for key_of, fold, states, dirty, origin, limit in self._plan:
+            if limit is not None and position > limit:
                 continue
-            key = projection.fold(self.states[name], event)
-            if key is not None:
-                if self.track_changes:
-                    self.dirty[name].add(key)
-                if self._track_origins:
-                    self.origin[name][key] = (event.stream_id, event.position)
+            key = key_of(event)
+            if key is None:
+                continue
+            states[key] = fold(states.get(key), event)
+            if self.track_changes:
+                dirty.add(key)
+            if self._track_origins:
+                origin[key] = (event.stream_id, position)
         self.events += 1
 
     def clean(self) -> None:
@@ -92,7 +117,14 @@ class Fold:
             head = await head_position(conn)
             head = head if until is None else min(head, until)
         # aclosing: a fold that fails mid-page must leave the connection free (scan reads ahead).
-        pages = scan(conn, after=self.position, until=until, page=page, upcasters=upcasters)
+        pages = scan(
+            conn,
+            after=self.position,
+            until=until,
+            page=page,
+            upcasters=upcasters,
+            metadata_of=metadata_read_by(self.projections),
+        )
         async with contextlib.aclosing(pages):
             async for events in pages:
                 for event in events:

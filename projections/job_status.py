@@ -95,49 +95,81 @@ def _reported(event: RecordedEvent) -> dict[str, Any]:
 def apply(job: JobStatus | None, event: RecordedEvent) -> JobStatus:
     """Fold one event of the job's stream into its status row."""
     at = event.received_at
-    if event.type in _GITHUB_RUN_TYPES:
+    type_ = event.type
+    if type_ in _GITHUB_RUN_TYPES:
         return _apply_github(job, event)
-    if event.type == HEARTBEAT_RECORDED:
+    if type_ == HEARTBEAT_RECORDED:
         status = "running"
-    elif event.type == TIMED_OUT:
+    elif type_ == TIMED_OUT:
         status = "timed_out"
-    elif event.type == STATUS_REPORTED:
+    elif type_ == STATUS_REPORTED:
         status = normalise_status(event.data["status"])
     else:
-        raise ValueError(f"job_status does not take {event.type}")
+        raise ValueError(f"job_status does not take {type_}")
 
     if job is None:
         # Born before its first event: that event then moves it like any other (a heartbeat
         # creates it running; a job first heard of when it ends is not late).
         job = _new(
-            event.data["job_id"], event, "running" if event.type == HEARTBEAT_RECORDED else "queued"
+            event.data["job_id"], event, "running" if type_ == HEARTBEAT_RECORDED else "queued"
         )
-    # Every event of the stream counts; the rest of the changes join these (one copy per event).
+    if job.status in TERMINAL or type_ == TIMED_OUT:
+        return _apply_ending(job, event, status)
+
+    # A callback about a live job: nearly every event of a log (heartbeats above all), so the
+    # new row is built in one go rather than through evolve's keyword arguments.
+    finished_at = job.finished_at
+    if type_ == HEARTBEAT_RECORDED:
+        status = job.status
+    elif status in TERMINAL:
+        finished_at = at
+    elif _RANK[status] < _RANK[job.status]:
+        status = job.status
+    started_at = job.started_at
+    if started_at is None and status in ("provisioning", "running"):
+        started_at = at
+    get = event.data.get
+    identity = [
+        known if (reported := get(name)) is None else reported
+        for name, known in zip(
+            _IDENTITY,
+            (job.run_id, job.run_attempt, job.agent_id, job.region, job.message, job.error),
+            strict=True,
+        )
+    ]
+    return tuple.__new__(
+        JobStatus,
+        (
+            job.job_id,
+            status,
+            job.created_at,
+            at,
+            started_at,
+            finished_at,
+            *identity,
+            job.event_count + 1,
+            event.position,
+            job.late_event_count,
+        ),
+    )
+
+
+def _apply_ending(job: JobStatus, event: RecordedEvent, status: str) -> JobStatus:
+    """An event for a job that has ended, or the watchdog ending it."""
+    at = event.received_at
+    # Every event of the stream counts and moves the row's time and position.
     changes: dict[str, Any] = {
         "event_count": job.event_count + 1,
         "last_position": event.position,
         "updated_at": at,
     }
-
     if job.status in TERMINAL:
         if job.status == "timed_out" and status in REPORTED_TERMINAL:
             return evolve(job, status=status, finished_at=at, **changes, **_reported(event))
         if event.type != TIMED_OUT:
             changes["late_event_count"] = job.late_event_count + 1
         return evolve(job, **changes)
-
-    if event.type == TIMED_OUT:
-        return evolve(job, status="timed_out", finished_at=at, **changes)
-    changes |= _reported(event)
-    if event.type == HEARTBEAT_RECORDED:
-        status = job.status
-    elif status in TERMINAL:
-        changes["finished_at"] = at
-    elif _RANK[status] < _RANK[job.status]:
-        status = job.status
-    if status in ("provisioning", "running") and job.started_at is None:
-        changes["started_at"] = at
-    return evolve(job, status=status, **changes)
+    return evolve(job, status="timed_out", finished_at=at, **changes)
 
 
 def _apply_github(job: JobStatus | None, event: RecordedEvent) -> JobStatus:
@@ -163,4 +195,10 @@ def _apply_github(job: JobStatus | None, event: RecordedEvent) -> JobStatus:
     )
 
 
-PROJECTION = Projection("job_status", JobStatus, key_of=job_key, apply=apply)
+PROJECTION = Projection(
+    "job_status",
+    JobStatus,
+    key_of=job_key,
+    apply=apply,
+    metadata_of=frozenset(_GITHUB_RUN_TYPES),  # the job ingest matched the run to
+)

@@ -25,7 +25,7 @@ from events.locks import EVENTS_CHANNEL
 from events.models import RecordedEvent
 from events.store import Connection, connect, read_all
 from events.upcasters import UPCASTERS, Upcasters
-from projections.base import AnyProjection
+from projections.base import AnyProjection, metadata_read_by
 from projections.registry import PROJECTIONS
 from projections.sql import Q
 
@@ -50,7 +50,13 @@ async def apply_batch(
     """
     names = [p.name for p in projections]
     checkpoints = {r["name"]: r["position"] for r in await conn.fetch(Q["lock_checkpoints"], names)}
-    events = await read_all(conn, min(checkpoints.values()), batch_size, upcasters=upcasters)
+    events = await read_all(
+        conn,
+        min(checkpoints.values()),
+        batch_size,
+        upcasters=upcasters,
+        metadata_of=metadata_read_by(projections),
+    )
     if not events:
         return 0, {}
     changed: dict[str, set[str]] = {}

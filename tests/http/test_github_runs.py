@@ -21,6 +21,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
 
+from projections.job_status import PROJECTION as JOB_STATUS
+from projections.replay import fold_log
 from service.settings import Settings
 from tests.conftest import AppClientFactory
 from tests.helpers import AUTH, body_of, standard_headers, wait_for_projection
@@ -130,6 +132,22 @@ async def test_a_completed_run_ends_the_live_job_whose_callbacks_carried_its_run
     assert ended["event_count"] == 1  # the run's deliveries are in the run's stream
     if status != "running":
         assert conclusion in ended["error"] and ended["finished_at"] is not None
+
+
+async def test_a_replay_folds_the_runs_deliveries_as_the_projector_did(
+    client: Client, pool: asyncpg.Pool[Any]
+) -> None:
+    """The fold reads decode only the metadata a fold declares it reads: a run's deliveries
+    name their job there."""
+    await callback(client, job_id="vm-1", status="running", run_id=RUN_ID, run_attempt=1)
+    await wait_for_projection(pool)  # ingest finds the job by its run id in job_status
+    await deliver(client, "workflow_run", workflow_run("completed", conclusion="failure"))
+    assert (await job(client, pool, "vm-1"))["status"] == "failed"
+    async with pool.acquire() as conn:
+        states, _ = await fold_log(conn)
+        live = await conn.fetchrow(f"{JOB_STATUS.select_sql('job_status')} WHERE job_id = 'vm-1'")
+    assert live is not None
+    assert states["job_status"]["vm-1"] == JOB_STATUS.from_row(live)
 
 
 async def test_a_run_that_never_called_back_is_found_by_its_title(

@@ -16,7 +16,7 @@ from events.appender import Appender
 from events.catalog import STATUS_REPORTED, job_stream
 from events.hashing import check_chain
 from events.models import NewEvent, RecordedEvent
-from events.store import Q, folded, read_stream, recorded, register_codecs
+from events.store import Q, folded, read_all, read_stream, recorded, register_codecs, scan
 from projections.runner import Projector
 from tests.helpers import running, wait_for_projection
 
@@ -221,7 +221,25 @@ async def test_the_fold_reads_select_the_fields_of_a_recorded_event_in_order(
         await appender.append([callback("order")])
     expected = [name for name in RecordedEvent._fields if name != "raw"]
     async with pool.acquire() as conn:
-        for query, args in ((Q["read_all"], (0, 10)), (Q["read_range"], (0, 10, 10))):
+        for query, args in ((Q["read_all"], (0, 10, None)), (Q["read_range"], (0, 10, 10, None))):
             [row] = await conn.fetch(query, *args)
             assert list(row.keys()) == expected
             assert folded(row) == recorded(row)
+
+
+async def test_the_fold_reads_decode_metadata_only_for_the_types_asked_for(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    appender = Appender(pool)
+    async with running(appender.run()):
+        await appender.append([callback("meta")])
+    async with pool.acquire() as conn:
+        [whole] = await read_all(conn, 0, 10)
+        [trimmed] = await read_all(conn, 0, 10, metadata_of=())
+        [asked] = await read_all(conn, 0, 10, metadata_of=[STATUS_REPORTED])
+        [[paged]] = [page async for page in scan(conn, metadata_of=["job.other"])]
+    assert whole.metadata == asked.metadata == {"scheme": "test"}
+    assert trimmed.metadata == paged.metadata == {}
+    # Everything else, the data above all, is read whole.
+    assert trimmed._replace(metadata=whole.metadata) == whole
+    assert paged._replace(metadata=whole.metadata) == whole
