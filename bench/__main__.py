@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--replay-events", type=int, default=1_000_000, help="events in the replayed log (1M)"
     )
     parser.add_argument(
+        "--replay-rounds", type=int, default=3, help="interleaved raw read/replay rounds (3)"
+    )
+    parser.add_argument(
         "--only", default=",".join(PARTS), help="comma-separated parts: ingest,lag,replay"
     )
     parser.add_argument("--output", type=Path, default=HERE / "results.json")
@@ -97,7 +100,7 @@ def main() -> None:
             rate = lag_rate(args, dsn, scratch, results)
             results["lag"] = lag.run(dsn, scratch, rate, args.lag_seconds)
         if "replay" in args.parts:
-            results["replay"] = replay.run(dsn, scratch, args.replay_events)
+            results["replay"] = replay.run(dsn, scratch, args.replay_events, args.replay_rounds)
     results["rss"] = {
         "service_mb": results.get("ingest", {}).get("jobtrail", {}).get("rss_mb"),
         "replay_mb": results.get("replay", {}).get("rss_mb"),
@@ -105,7 +108,15 @@ def main() -> None:
     results["ratios"] = report.ratios(results)
     results["settings"] = {
         k: getattr(args, k)
-        for k in ("duration", "rounds", "connections", "threads", "requests", "replay_events")
+        for k in (
+            "duration",
+            "rounds",
+            "connections",
+            "threads",
+            "requests",
+            "replay_events",
+            "replay_rounds",
+        )
     } | {"parts": args.parts, "lag_seconds": args.lag_seconds, "total_seconds": 0.0}
     results["settings"]["total_seconds"] = round(time.monotonic() - started, 1)
     print(report.table(results), flush=True)

