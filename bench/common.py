@@ -12,7 +12,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +46,28 @@ def database_server() -> Iterator[str]:
             server.destroy()
 
 
+async def drop_database(dsn: str, name: str) -> None:
+    """Drop database ``name`` once its measurement is done: autovacuum would otherwise visit
+    its tables during the next measurement."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
 async def fresh_database(dsn: str, name: str) -> str:
-    """Drop and create database ``name`` on the server of ``dsn``; return its DSN."""
+    """Drop and create database ``name`` on the server of ``dsn``; return its DSN.
+
+    Then a CHECKPOINT, where the role may take one: what the previous measurement left in
+    shared buffers and the WAL is written out now, not in the middle of the next one (a
+    checkpoint there shows up as seconds of p99 in whichever target it lands on)."""
     conn = await asyncpg.connect(dsn)
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await conn.execute(f'CREATE DATABASE "{name}"')
+        with suppress(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("CHECKPOINT")
     finally:
         await conn.close()
     return with_database(dsn, name)

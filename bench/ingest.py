@@ -26,6 +26,7 @@ from bench.common import (
     PYTHON,
     SECRET,
     base_env,
+    drop_database,
     fresh_database,
     heartbeat_body,
     jobtrail_env,
@@ -115,9 +116,9 @@ def measure_once(
     target: Target, server_dsn: str, requests: Path, scratch: Path, args: argparse.Namespace
 ) -> dict[str, float]:
     """One wrk run against a fresh server process (and a fresh database) of ``target``."""
-    dsn = ""
+    dsn, database = "", f"bench_{target.name}"
     if target.needs_database:
-        dsn = asyncio.run(fresh_database(server_dsn, f"bench_{target.name}"))
+        dsn = asyncio.run(fresh_database(server_dsn, database))
     command, env = target.launch(dsn, scratch)
     with server(command, env, scratch / f"{target.name}.log") as (port, process):
         # The memory of every process the server runs (jobtrail's workers and their parent).
@@ -125,6 +126,8 @@ def measure_once(
             result = run_wrk(port, requests, args)
         result["rss_mb"] = round(max(samples), 1)
         result["peak_rss_process_mb"] = round(peak_rss_mb(process.pid), 1)
+    if target.needs_database:
+        asyncio.run(drop_database(server_dsn, database))
     return result
 
 

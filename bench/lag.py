@@ -26,7 +26,15 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from bench.common import PYTHON, fresh_database, heartbeat_body, percentile, server, signed
+from bench.common import (
+    PYTHON,
+    drop_database,
+    fresh_database,
+    heartbeat_body,
+    percentile,
+    server,
+    signed,
+)
 from bench.ingest import TARGET_SPECS
 from bench.servers import WEBHOOK_PATH
 
@@ -131,6 +139,7 @@ def run(server_dsn: str, scratch: Path, rate: float, seconds: float) -> dict[str
     with server(command, env, scratch / "jobtrail-lag.log") as (port, _process):
         url = f"http://127.0.0.1:{port}{WEBHOOK_PATH}"
         observed = asyncio.run(observe(dsn, url, rate, seconds))
+    asyncio.run(drop_database(server_dsn, "bench_lag"))
     lags = lags_ms(observed["acked"], observed["stamps"])
     result: dict[str, Any] = {
         "rate": round(rate, 1),
