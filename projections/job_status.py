@@ -117,7 +117,8 @@ def apply(job: JobStatus | None, event: RecordedEvent) -> JobStatus:
         return _apply_ending(job, event, status)
 
     # A callback about a live job: nearly every event of a log (heartbeats above all), so the
-    # new row is built in one go rather than through evolve's keyword arguments.
+    # new row is built in one go, in JobStatus's field order, rather than through evolve's
+    # keyword arguments.
     finished_at = job.finished_at
     if type_ == HEARTBEAT_RECORDED:
         status = job.status
