@@ -18,6 +18,7 @@ from events.hashing import check_chain
 from events.models import NewEvent, RecordedEvent
 from events.store import Q, folded, read_all, read_stream, recorded, register_codecs, scan
 from projections.runner import Projector
+from tests import workload
 from tests.helpers import running, wait_for_projection
 
 
@@ -230,9 +231,7 @@ async def test_the_fold_reads_select_the_fields_of_a_recorded_event_in_order(
 async def test_the_fold_reads_decode_metadata_only_for_the_types_asked_for(
     pool: asyncpg.Pool[Any],
 ) -> None:
-    appender = Appender(pool)
-    async with running(appender.run()):
-        await appender.append([callback("meta")])
+    await workload.append(pool, [callback("meta")])
     async with pool.acquire() as conn:
         [whole] = await read_all(conn, 0, 10)
         [trimmed] = await read_all(conn, 0, 10, metadata_of=())
