@@ -22,6 +22,13 @@ SELECT pg_advisory_unlock($1)
 -- name: table_indexes --
 SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = $1
 
+-- name: table_options --
+-- A table's storage parameters (fillfactor=75, ...), which CREATE TABLE ... LIKE leaves behind.
+SELECT c.reloptions
+  FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = current_schema() AND c.relname = $1
+
 -- name: lock_log --
 -- The first statement of an audit's REPEATABLE READ transaction, before its snapshot is taken:
 -- no month can be detached from the log (jobtrail archive) once the snapshot sees it attached.

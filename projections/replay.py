@@ -114,10 +114,12 @@ async def _build_aside(
     for table in sorted(leftovers):
         await conn.execute(f"DROP TABLE IF EXISTS {quoted(table)}")
     for projection in fold.projections:
-        await conn.execute(
-            f"CREATE TABLE {quoted(aside_table(projection))}"
-            f" (LIKE {quoted(projection.name)} INCLUDING ALL)"
-        )
+        aside = quoted(aside_table(projection))
+        await conn.execute(f"CREATE TABLE {aside} (LIKE {quoted(projection.name)} INCLUDING ALL)")
+        # Before the COPY: a fillfactor decides how full it packs the pages.
+        options = await conn.fetchval(Q["table_options"], projection.name)
+        if options:
+            await conn.execute(f"ALTER TABLE {aside} SET ({', '.join(options)})")
     # Every state is new in this pass and is copied whole: no need to track which changed.
     fold.track_changes = False
     await fold.run(conn, upcasters=upcasters, page=page, progress=progress)

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -18,8 +18,10 @@ from events.catalog import HEARTBEAT_RECORDED, STATUS_REPORTED, TIMED_OUT, job_s
 from events.models import NewEvent, RecordedEvent
 from projections.registry import PROJECTIONS
 from projections.replay import fold_log, rebuild
-from projections.runner import Projector
+from projections.runner import Projector, apply_batch
 from tests.helpers import running
+from tests.workload import append as workload_append
+from tests.workload import callback
 
 STATUSES = [
     "queued",
@@ -200,15 +202,49 @@ async def test_events_appended_during_a_replay_are_not_lost(pool: asyncpg.Pool[A
     assert marks["job_status"] == marks["job_heartbeat"] == marks["head"]
 
 
-async def test_rebuilt_tables_keep_their_index_names(pool: asyncpg.Pool[Any]) -> None:
-    query = "SELECT indexname FROM pg_indexes WHERE tablename = any($1) ORDER BY indexname"
+async def test_a_running_jobs_heartbeats_update_its_rows_without_touching_an_index(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    # Heartbeats are nearly every event: a HOT update (the row rewritten in its page, no index
+    # entry added) is what keeps the projector's share of PostgreSQL's work small.
+    start = datetime.now(UTC)
+    beat = [callback("vm-hot", "heartbeat", start + timedelta(seconds=i), run_id=7) for i in (1, 2)]
+    await workload_append(pool, [callback("vm-hot", "running", start, run_id=7), beat[0]])
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await apply_batch(conn, PROJECTIONS)
+        await workload_append(pool, [beat[1]])
+        async with conn.transaction():
+            await apply_batch(conn, PROJECTIONS)
+            updates = await conn.fetch(
+                "SELECT relname, n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables"
+                " WHERE relname = any($1) ORDER BY relname",
+                ["job_status", "job_heartbeat"],
+            )
+    assert [tuple(r) for r in updates] == [("job_heartbeat", 1, 1), ("job_status", 1, 1)]
+
+
+async def test_rebuilt_tables_keep_their_index_names_and_fillfactor(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    indexes = "SELECT indexname FROM pg_indexes WHERE tablename = any($1) ORDER BY indexname"
+    options = "SELECT relname, reloptions FROM pg_class WHERE relname = any($1) ORDER BY relname"
     names = [p.name for p in PROJECTIONS]
     async with pool.acquire() as conn:
-        before = [r["indexname"] for r in await conn.fetch(query, names)]
+        before = [r["indexname"] for r in await conn.fetch(indexes, names)]
+        assert "job_status_updated_at_idx" not in before  # would stop heartbeats' HOT updates
+        assert [tuple(r) for r in await conn.fetch(options, names)] == [
+            ("job_heartbeat", ["fillfactor=75"]),
+            ("job_status", ["fillfactor=75"]),
+        ]
     await rebuild(pool)
     await rebuild(pool)
     async with pool.acquire() as conn:
-        assert [r["indexname"] for r in await conn.fetch(query, names)] == before
+        assert [r["indexname"] for r in await conn.fetch(indexes, names)] == before
+        assert [tuple(r) for r in await conn.fetch(options, names)] == [
+            ("job_heartbeat", ["fillfactor=75"]),
+            ("job_status", ["fillfactor=75"]),
+        ]
 
 
 async def test_a_projector_whose_connections_died_still_stops_when_cancelled(
