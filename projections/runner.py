@@ -3,7 +3,10 @@
 Each batch is one transaction that locks the checkpoint rows, reads the events after the lowest
 checkpoint in position order, folds them into the affected rows, writes those rows and moves the
 checkpoints — so a crash anywhere leaves either all of a batch applied or none of it. Reading
-"position > checkpoint" is complete because appends are serialised (see ``events.store``).
+"position > checkpoint" is complete because appends are serialised (see ``events.store``). The
+rows a batch folds come from the states the projector last wrote, where it still holds them
+and the checkpoint says nobody else has written since (``projections.cache``), else from the
+tables.
 
 The runner LISTENs for the appenders' NOTIFY only as a wake-up hint and always re-reads from the
 checkpoint; it also polls, so a lost notification or a lost listening connection costs at most
@@ -26,6 +29,7 @@ from events.models import RecordedEvent
 from events.store import Connection, connect, read_all
 from events.upcasters import UPCASTERS, Upcasters
 from projections.base import AnyProjection, metadata_read_by
+from projections.cache import StateCache
 from projections.registry import PROJECTIONS
 from projections.sql import Q
 
@@ -43,11 +47,16 @@ async def apply_batch(
     batch_size: int = 1000,
     before_checkpoint: BeforeCheckpoint | None = None,
     upcasters: Upcasters = UPCASTERS,
+    cache: StateCache | None = None,
 ) -> tuple[int, dict[str, set[str]]]:
     """Apply the next batch inside the caller's transaction.
 
-    Returns the number of events read and, per projection, the keys whose rows changed.
+    Returns the number of events read and, per projection, the keys whose rows changed. With
+    a ``cache``, states it holds are not read from the tables; once the transaction has
+    committed, the caller must call ``cache.commit()``.
     """
+    if cache is not None:
+        cache.begin()
     names = [p.name for p in projections]
     checkpoints = {r["name"]: r["position"] for r in await conn.fetch(Q["lock_checkpoints"], names)}
     events = await read_all(
@@ -59,22 +68,30 @@ async def apply_batch(
     )
     if not events:
         return 0, {}
+    # Checkpoints only move forward (one projection may have been rebuilt further ahead).
+    positions = [max(checkpoints[name], events[-1].position) for name in names]
     changed: dict[str, set[str]] = {}
-    for projection in projections:
-        mine = [e for e in events if e.position > checkpoints[projection.name]]
+    for projection, position in zip(projections, positions, strict=True):
+        checkpoint = checkpoints[projection.name]
+        mine = [e for e in events if e.position > checkpoint]
         keys = {k for e in mine if (k := projection.key_of(e)) is not None}
+        states: dict[str, Any] = {}
         if keys:
-            rows = await conn.fetch(projection.load_sql, list(keys))
-            states = {r[0]: projection.from_row(r) for r in rows}
+            cached = cache.states_at(projection.name, checkpoint) if cache is not None else {}
+            states = {k: cached[k] for k in keys if k in cached}
+            if len(states) < len(keys):
+                missing = [k for k in keys if k not in states]
+                rows = await conn.fetch(projection.load_sql, missing)
+                states.update((r[0], projection.from_row(r)) for r in rows)
             for event in mine:
                 projection.fold(states, event)
             columns = zip(*(projection.to_row(states[k]) for k in keys), strict=True)
             await conn.execute(projection.upsert_sql, *map(list, columns))
             changed[projection.name] = keys
+        if cache is not None:
+            cache.stage(projection.name, checkpoint, position, states)
     if before_checkpoint is not None:
         await before_checkpoint(events)
-    # Checkpoints only move forward (one projection may have been rebuilt further ahead).
-    positions = [max(checkpoints[name], events[-1].position) for name in names]
     await conn.execute(Q["save_checkpoints"], names, positions)
     return len(events), changed
 
@@ -101,19 +118,26 @@ class Projector:
         self._on_commit = on_commit
         self._upcasters = upcasters
         self._wakeup = asyncio.Event()
+        self._cache = StateCache()
+        # run() and a caller's catch_up() may overlap; their batches would queue on the
+        # checkpoint lock anyway, and one at a time keeps the cache's staging their own.
+        self._one_batch_at_a_time = asyncio.Lock()
 
     async def catch_up(self) -> int:
         """Apply batches until no new events are left; return how many events were read."""
         total = 0
         while True:
-            async with connect(self._pool) as conn, conn.transaction():
-                count, changed = await apply_batch(
-                    conn,
-                    self._projections,
-                    batch_size=self._batch_size,
-                    before_checkpoint=self._before_checkpoint,
-                    upcasters=self._upcasters,
-                )
+            async with self._one_batch_at_a_time:
+                async with connect(self._pool) as conn, conn.transaction():
+                    count, changed = await apply_batch(
+                        conn,
+                        self._projections,
+                        batch_size=self._batch_size,
+                        before_checkpoint=self._before_checkpoint,
+                        upcasters=self._upcasters,
+                        cache=self._cache,
+                    )
+                self._cache.commit()
             if count == 0:
                 return total
             total += count
