@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import operator
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -55,6 +56,14 @@ def _columns(state_type: type[Any]) -> tuple[tuple[str, str, bool], ...]:
     return tuple(columns)
 
 
+def _tuple_getter(indexes: list[int]) -> Callable[[Any], tuple[Any, ...]]:
+    if len(indexes) == 1:
+        [index] = indexes
+        return lambda state: (state[index],)
+    getter: Callable[[Any], tuple[Any, ...]] = operator.itemgetter(*indexes)
+    return getter
+
+
 @dataclasses.dataclass(frozen=True)
 class Projection(Generic[S]):
     """A read model: its name (also its table and checkpoint), key column, state type and fold.
@@ -62,6 +71,9 @@ class Projection(Generic[S]):
     ``state_type`` is a ``NamedTuple`` whose first field is the key; its fields are the columns.
     ``metadata_of``: the event types whose ``metadata`` ``key_of`` or ``apply`` read. The
     readers that feed the folds decode no other event's metadata (it arrives empty).
+    ``often_changed``: the columns most events change (a heartbeat: when, and how many). The
+    projector writes a row whose other columns stay as they were with ``update_sql``, which
+    sends the key and these columns only: a timestamp is the costliest value to encode.
     """
 
     name: str
@@ -69,9 +81,14 @@ class Projection(Generic[S]):
     key_of: Callable[[RecordedEvent], str | None]
     apply: Callable[[S | None, RecordedEvent], S]
     metadata_of: frozenset[str] = frozenset()
+    often_changed: tuple[str, ...] = ()
     schema: tuple[tuple[str, str, bool], ...] = dataclasses.field(init=False)
     load_sql: str = dataclasses.field(init=False)
     upsert_sql: str = dataclasses.field(init=False)
+    update_sql: str = dataclasses.field(init=False)
+    # The key and the often-changed columns of a state; and all its other columns.
+    often_changed_of: Callable[[S], tuple[Any, ...]] = dataclasses.field(init=False)
+    rest_of: Callable[[S], tuple[Any, ...]] = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
         schema = _columns(self.state_type)
@@ -87,6 +104,27 @@ class Projection(Generic[S]):
             f"{self.select_sql(self.name)} WHERE {key} IN (SELECT unnest($1::text[]))",
         )
         set_(self, "upsert_sql", self.upsert_into(self.name))
+        fields = _field_names(self.state_type)
+        unknown = set(self.often_changed) - set(fields[1:])
+        if unknown:
+            raise ValueError(f"{self.name}: often_changed names no column: {sorted(unknown)}")
+        hot = [0, *(fields.index(name) for name in self.often_changed)]
+        rest = [i for i in range(len(fields)) if i not in hot]
+        # itemgetter of one index returns the item, not a 1-tuple: a tuple of them always.
+        set_(self, "often_changed_of", _tuple_getter(hot))
+        set_(self, "rest_of", _tuple_getter(rest))
+        arrays = [f"${i}::{schema[c][1]}[]" for i, c in enumerate(hot, 1)]
+        aliases = [f"c{c}" for c in hot]
+        assignments = [f"{names[c]} = v.{a}" for c, a in zip(hot[1:], aliases[1:], strict=True)]
+        set_(
+            self,
+            "update_sql",
+            f"UPDATE {quoted(self.name)} t SET {', '.join(assignments)}"
+            f" FROM unnest({', '.join(arrays)}) AS v({', '.join(aliases)})"
+            f" WHERE t.{key} = v.{aliases[0]}"
+            if assignments
+            else "",
+        )
 
     def select_sql(self, table: str) -> str:
         """Every row of ``table`` (this read model's table, or a copy of it)."""

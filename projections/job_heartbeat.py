@@ -33,4 +33,10 @@ def apply(beat: JobHeartbeat | None, event: RecordedEvent) -> JobHeartbeat:
     return JobHeartbeat(beat.job_id, at, beat.heartbeat_count + 1, beat.first_heartbeat_at)
 
 
-PROJECTION = Projection("job_heartbeat", JobHeartbeat, key_of=heartbeat_key, apply=apply)
+PROJECTION = Projection(
+    "job_heartbeat",
+    JobHeartbeat,
+    key_of=heartbeat_key,
+    apply=apply,
+    often_changed=("last_heartbeat_at", "heartbeat_count"),  # all but the first heartbeat's time
+)

@@ -201,4 +201,5 @@ PROJECTION = Projection(
     key_of=job_key,
     apply=apply,
     metadata_of=frozenset(_GITHUB_RUN_TYPES),  # the job ingest matched the run to
+    often_changed=("updated_at", "event_count", "last_position"),  # what a heartbeat moves
 )

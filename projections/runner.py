@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -83,10 +83,10 @@ async def apply_batch(
                 missing = [k for k in keys if k not in states]
                 rows = await conn.fetch(projection.load_sql, missing)
                 states.update((r[0], projection.from_row(r)) for r in rows)
+            before = dict(states)  # the table's rows, for the keys that have one
             for event in mine:
                 projection.fold(states, event)
-            columns = zip(*(projection.to_row(states[k]) for k in keys), strict=True)
-            await conn.execute(projection.upsert_sql, *map(list, columns))
+            await _write(conn, projection, keys, before, states)
             changed[projection.name] = keys
         if cache is not None:
             cache.stage(projection.name, checkpoint, position, states)
@@ -94,6 +94,29 @@ async def apply_batch(
         await before_checkpoint(events)
     await conn.execute(Q["save_checkpoints"], names, positions)
     return len(events), changed
+
+
+async def _write(
+    conn: Connection,
+    projection: AnyProjection,
+    keys: Iterable[str],
+    before: Mapping[str, Any],
+    after: Mapping[str, Any],
+) -> None:
+    """Write the states of ``keys`` whose rows changed: whole (an upsert), or only the key and
+    the often-changed columns when none of the others did (``Projection.often_changed``)."""
+    whole, narrow = [], []
+    rest_of = projection.rest_of if projection.often_changed else None
+    for key in keys:
+        state, old = after[key], before.get(key)
+        if old is None or rest_of is None or rest_of(old) != rest_of(state):
+            whole.append(projection.to_row(state))
+        elif old != state:
+            narrow.append(projection.often_changed_of(state))
+    if whole:
+        await conn.execute(projection.upsert_sql, *map(list, zip(*whole, strict=True)))
+    if narrow:
+        await conn.execute(projection.update_sql, *map(list, zip(*narrow, strict=True)))
 
 
 class Projector:
