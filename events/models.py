@@ -11,7 +11,7 @@ import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, NewType
+from typing import Any, NamedTuple, NewType, Protocol
 from uuid import UUID, uuid4
 
 StreamId = NewType("StreamId", str)
@@ -127,3 +127,39 @@ class RecordedEvent(NamedTuple):
             "data": self.data,
             "metadata": self.metadata,
         }
+
+
+class FoldedEvent(NamedTuple):
+    """What the folds read of an event: ``RecordedEvent``'s fields of the same names, without
+    the ids, hashes and raw request that no fold reads. The readers that feed the folds (the
+    projector, a replay, ``verify``'s replay, point-in-time reads) return these: decoding the
+    other columns was about a sixth of the work of reading a row.
+    """
+
+    position: int
+    stream_id: StreamId
+    type: str
+    version: int
+    data: dict[str, Any]
+    metadata: dict[str, Any]
+    received_at: datetime
+
+
+class Foldable(Protocol):
+    """What a fold may read of an event; a ``RecordedEvent`` and a ``FoldedEvent`` both have
+    it, so the folds run on either (``verify`` folds the events it reads whole)."""
+
+    @property
+    def position(self) -> int: ...
+    @property
+    def stream_id(self) -> StreamId: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def data(self) -> dict[str, Any]: ...
+    @property
+    def metadata(self) -> dict[str, Any]: ...
+    @property
+    def received_at(self) -> datetime: ...

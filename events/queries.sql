@@ -71,25 +71,26 @@ keys AS (
 SELECT event_id, position FROM inserted
 
 -- name: read_all --
--- The projector's read: never the raw request (it folds data only; bodies are the bulk), and
--- the metadata only of the event types in $3 (all when null), '{}' for the others: the folds
--- read little of it, and decoding it was a tenth of a replay.
-SELECT position, event_id, stream_id, stream_position, type, version, data,
+-- The projector's read: what the folds read (events.models.FoldedEvent, its fields in order),
+-- never the raw request (bodies are the bulk), and the metadata only of the event types in $3
+-- (all when null), '{}' for the others: the folds read little of it, and decoding it was a
+-- tenth of a replay.
+SELECT position, stream_id, type, version, data,
        CASE WHEN $3::text[] IS NULL OR type = any($3::text[]) THEN metadata
             ELSE '{}'::jsonb END AS metadata,
-       received_at, prev_hash, hash, digest_version, NULL AS raw
+       received_at
   FROM events
  WHERE position > $1
  ORDER BY position
  LIMIT $2
 
 -- name: read_range --
--- A keyset page: $1 < position <= $2, at most $3 events, without the raw request and with
--- metadata only for the types in $4 (as read_all).
-SELECT position, event_id, stream_id, stream_position, type, version, data,
+-- A keyset page of what the folds read: $1 < position <= $2, at most $3 events, metadata only
+-- for the types in $4 (as read_all).
+SELECT position, stream_id, type, version, data,
        CASE WHEN $4::text[] IS NULL OR type = any($4::text[]) THEN metadata
             ELSE '{}'::jsonb END AS metadata,
-       received_at, prev_hash, hash, digest_version, NULL AS raw
+       received_at
   FROM events
  WHERE position > $1 AND position <= $2
  ORDER BY position

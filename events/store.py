@@ -33,8 +33,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Collection, Sequence
-from typing import Any, NamedTuple, TypeAlias
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Sequence
+from typing import Any, NamedTuple, TypeAlias, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -44,7 +44,14 @@ from asyncpg.pool import PoolConnectionProxy
 from events.errors import translate
 from events.hashing import event_digest
 from events.locks import APPEND_LOCK, EVENTS_CHANNEL
-from events.models import AppendResult, NewEvent, RawRequest, RecordedEvent, StreamId
+from events.models import (
+    AppendResult,
+    FoldedEvent,
+    NewEvent,
+    RawRequest,
+    RecordedEvent,
+    StreamId,
+)
 from events.sql import load_queries
 from events.upcasters import UPCASTERS, Upcasters
 
@@ -222,12 +229,12 @@ def _raw_columns(raw: RawRequest | None) -> tuple[bytes | None, str | None, Any]
     return raw.body, raw.content_type, dict(raw.headers)
 
 
-def folded(row: asyncpg.Record) -> RecordedEvent:
-    """A row of ``read_all`` or ``read_range``, whose columns are ``RecordedEvent``'s fields in
+def folded(row: asyncpg.Record) -> FoldedEvent:
+    """A row of ``read_all`` or ``read_range``, whose columns are ``FoldedEvent``'s fields in
     order (tests/integration/test_event_log.py checks it): built straight from the row, without
     the NamedTuple's own ``__new__``, because this is the projector's and a replay's inner
     loop. A record iterates over its values: 0.3 µs an event, where ``row.values()`` took 0.5."""
-    return tuple.__new__(RecordedEvent, row)
+    return tuple.__new__(FoldedEvent, row)
 
 
 def recorded(row: asyncpg.Record) -> RecordedEvent:
@@ -264,9 +271,9 @@ async def read_all(
     *,
     upcasters: Upcasters = UPCASTERS,
     metadata_of: Collection[str] | None = None,
-) -> list[RecordedEvent]:
-    """Up to ``limit`` events with position > ``after_position``, in position order, upcast
-    for folding (``events.upcasters``).
+) -> list[FoldedEvent]:
+    """What the folds read of up to ``limit`` events with position > ``after_position``, in
+    position order, upcast (``events.upcasters``).
 
     ``metadata_of``: the event types whose metadata the caller reads; the others come with an
     empty ``metadata`` (default: every event's).
@@ -280,36 +287,60 @@ async def read_all(
 MAX_POSITION = 2**63 - 1
 
 
-async def scan(
+def scan(
     conn: Connection,
     *,
     after: int = 0,
     until: int | None = None,
     page: int = 10_000,
-    upcasters: Upcasters | None = UPCASTERS,
-    raw: bool = False,
+    upcasters: Upcasters = UPCASTERS,
     metadata_of: Collection[str] | None = None,
-) -> AsyncGenerator[list[RecordedEvent], None]:
-    """The events with ``after`` < position <= ``until`` (default: the head), in position
-    order, a page at a time: one short keyset query per page, so memory stays flat however
-    long the log, and no transaction is needed (run it inside one for a consistent snapshot).
+) -> AsyncGenerator[list[FoldedEvent], None]:
+    """What the folds read of the events with ``after`` < position <= ``until`` (default: the
+    head), upcast, in position order, a page at a time: one short keyset query per page, so
+    memory stays flat however long the log, and no transaction is needed (run it inside one
+    for a consistent snapshot). ``metadata_of`` is as for ``read_all``."""
 
-    ``upcasters=None`` yields the events as stored (what the hash chain covers); ``raw`` reads
-    their raw requests too, and every event whole (auditing needs them, folding does not).
-    Otherwise ``metadata_of`` is as for ``read_all``.
-    """
-    query = Q["read_range_raw" if raw else "read_range"]
+    def build(rows: list[asyncpg.Record]) -> list[FoldedEvent]:
+        return upcasters.upcast_all([folded(r) for r in rows])
+
+    return _pages(conn, Q["read_range"], after, until, page, (_types(metadata_of),), build)
+
+
+def scan_stored(
+    conn: Connection, *, after: int = 0, until: int | None = None, page: int = 10_000
+) -> AsyncGenerator[list[RecordedEvent], None]:
+    """``scan``, but each event whole and as stored, raw request included: what the hash
+    chains cover, which auditing them needs and folding does not."""
+
+    def build(rows: list[asyncpg.Record]) -> list[RecordedEvent]:
+        return [recorded(r) for r in rows]
+
+    return _pages(conn, Q["read_range_raw"], after, until, page, (), build)
+
+
+E = TypeVar("E", FoldedEvent, RecordedEvent)
+
+
+async def _pages(
+    conn: Connection,
+    query: str,
+    after: int,
+    until: int | None,
+    page: int,
+    more: tuple[Any, ...],
+    build: Callable[[list[asyncpg.Record]], list[E]],
+) -> AsyncGenerator[list[E], None]:
     end = MAX_POSITION if until is None else until
-    more = () if raw else (_types(metadata_of),)
     rows = await conn.fetch(query, after, end, page, *more)
     while rows:
-        events = [recorded(r) for r in rows] if raw else [folded(r) for r in rows]
         # The next page is asked for before this one is handed over: PostgreSQL reads and sends
         # it while the caller works on this one (on another core), instead of in turn.
-        ahead = asyncio.ensure_future(conn.fetch(query, events[-1].position, end, page, *more))
+        last = rows[-1]["position"]
+        ahead = asyncio.ensure_future(conn.fetch(query, last, end, page, *more))
         await asyncio.sleep(0)  # let it send the query before the caller takes the loop
         try:
-            yield events if upcasters is None else upcasters.upcast_all(events)
+            yield build(rows)
         except BaseException:
             # The caller stopped reading: the connection must be free again when we return.
             ahead.cancel()

@@ -17,11 +17,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
-from events.models import RecordedEvent
+from events.models import FoldedEvent, RecordedEvent
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+# What the readers hand the folds (FoldedEvent) or verify folds (RecordedEvent).
+E = TypeVar("E", FoldedEvent, RecordedEvent)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,13 +40,13 @@ class Upcasters:
             raise ValueError(f"an upcaster for {type} v{from_version} is already registered")
         return Upcasters(MappingProxyType({**self.steps, (type, from_version): upcaster}))
 
-    def upcast_all(self, events: list[RecordedEvent]) -> list[RecordedEvent]:
+    def upcast_all(self, events: list[E]) -> list[E]:
         """``events``, each upcast (the list itself while no type has a second version)."""
         if not self.steps:
             return events
         return [self.upcast(e) for e in events]
 
-    def upcast(self, event: RecordedEvent) -> RecordedEvent:
+    def upcast(self, event: E) -> E:
         """``event`` at the latest version its type has steps for (itself if none apply)."""
         while (step := self.steps.get((event.type, event.version))) is not None:
             # Each step gets its own copy: an upcaster may change the dict it is given.

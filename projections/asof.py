@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from events.models import RecordedEvent
+from events.models import Foldable
 from events.store import Connection
 from events.upcasters import UPCASTERS, Upcasters
 from projections.base import AnyProjection, quoted
@@ -37,7 +37,7 @@ async def fold_until(
     """
     latest: datetime | None = None
 
-    def keep(event: RecordedEvent) -> bool:
+    def keep(event: Foldable) -> bool:
         nonlocal latest
         if moment is not None and event.received_at > moment:
             return False

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from events.audit import ChainAuditor, Problem
 from events.models import RecordedEvent
 from events.partitions import Archived, archived_partitions, by_stream
-from events.store import Connection, head_position, scan
+from events.store import Connection, head_position, scan_stored
 from events.upcasters import UPCASTERS, Upcasters
 from projections.base import AnyProjection
 from projections.folding import Fold, Origin, Progress
@@ -119,7 +119,7 @@ async def compare(
         problems: list[Problem] = []
         if chains:
             head = await head_position(conn)
-            pages = scan(conn, until=head, page=page, upcasters=None, raw=True)
+            pages = scan_stored(conn, until=head, page=page)
             async with contextlib.aclosing(pages):  # scan reads ahead: free the connection
                 async for events in pages:
                     for event in events:

@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar
 
 import asyncpg
 
-from events.models import RecordedEvent
+from events.models import Foldable
 
 S = TypeVar("S", bound=tuple[Any, ...])
 
@@ -78,8 +78,8 @@ class Projection(Generic[S]):
 
     name: str
     state_type: type[S]
-    key_of: Callable[[RecordedEvent], str | None]
-    apply: Callable[[S | None, RecordedEvent], S]
+    key_of: Callable[[Foldable], str | None]
+    apply: Callable[[S | None, Foldable], S]
     metadata_of: frozenset[str] = frozenset()
     often_changed: tuple[str, ...] = ()
     schema: tuple[tuple[str, str, bool], ...] = dataclasses.field(init=False)
@@ -151,7 +151,7 @@ class Projection(Generic[S]):
     def from_row(self, row: asyncpg.Record) -> S:
         return self.state_type(*row.values())
 
-    def fold(self, states: dict[str, S], event: RecordedEvent) -> str | None:
+    def fold(self, states: dict[str, S], event: Foldable) -> str | None:
         """Apply ``event`` to the state it concerns, in ``states``; return that key, if any."""
         key = self.key_of(event)
         if key is not None:

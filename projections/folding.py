@@ -12,7 +12,7 @@ import gc
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from events.models import RecordedEvent
+from events.models import Foldable
 from events.store import Connection, head_position, scan
 from events.upcasters import UPCASTERS, Upcasters
 from projections.base import AnyProjection, metadata_read_by
@@ -25,8 +25,8 @@ Origin = tuple[str, int]  # stream id and position of the last event folded into
 class _Step(NamedTuple):
     """One projection's part in ``Fold.apply``."""
 
-    key_of: Callable[[RecordedEvent], str | None]
-    apply: Callable[[Any, RecordedEvent], Any]
+    key_of: Callable[[Foldable], str | None]
+    apply: Callable[[Any, Foldable], Any]
     states: dict[str, Any]
     dirty: set[str]
     origin: dict[str, Origin]
@@ -72,7 +72,7 @@ class Fold:
             for p in self.projections
         )
 
-    def apply(self, event: RecordedEvent) -> None:
+    def apply(self, event: Foldable) -> None:
         """Fold one (upcast) event into every projection it concerns."""
         position = event.position
         for key_of, fold, states, dirty, origin, limit in self._plan:
@@ -105,7 +105,7 @@ class Fold:
         conn: Connection,
         *,
         until: int | None = None,
-        keep: Callable[[RecordedEvent], bool] | None = None,
+        keep: Callable[[Foldable], bool] | None = None,
         upcasters: Upcasters = UPCASTERS,
         page: int = 10_000,
         progress: Progress | None = None,

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from events.catalog import HEARTBEAT_RECORDED
-from events.models import RecordedEvent
+from events.models import Foldable
 from projections.base import Projection
 
 
@@ -17,14 +17,14 @@ class JobHeartbeat(NamedTuple):
     first_heartbeat_at: datetime
 
 
-def heartbeat_key(event: RecordedEvent) -> str | None:
+def heartbeat_key(event: Foldable) -> str | None:
     if event.type == HEARTBEAT_RECORDED:
         job_id = event.data.get("job_id")
         return job_id if isinstance(job_id, str) else None
     return None
 
 
-def apply(beat: JobHeartbeat | None, event: RecordedEvent) -> JobHeartbeat:
+def apply(beat: JobHeartbeat | None, event: Foldable) -> JobHeartbeat:
     """Fold one heartbeat. Late heartbeats (after the job ended) are recorded too: they are
     facts about the agent, and only live jobs are ever shown stale."""
     at = event.received_at

@@ -40,7 +40,7 @@ from events.catalog import (
     normalise_status,
 )
 from events.github import run_report
-from events.models import RecordedEvent
+from events.models import Foldable
 from projections.base import Projection, evolve
 
 _RANK = {"queued": 0, "provisioning": 1, "running": 2}
@@ -71,7 +71,7 @@ _IDENTITY = ("run_id", "run_attempt", "agent_id", "region", "message", "error")
 _GITHUB_RUN_TYPES = {GITHUB_WORKFLOW_RUN: "workflow_run", GITHUB_WORKFLOW_JOB: "workflow_job"}
 
 
-def job_key(event: RecordedEvent) -> str | None:
+def job_key(event: Foldable) -> str | None:
     if event.type in JOB_EVENT_TYPES:
         job_id = event.data.get("job_id")
     elif event.type in _GITHUB_RUN_TYPES:
@@ -81,18 +81,18 @@ def job_key(event: RecordedEvent) -> str | None:
     return job_id if isinstance(job_id, str) else None
 
 
-def _new(job_id: str, event: RecordedEvent, status: str) -> JobStatus:
+def _new(job_id: str, event: Foldable, status: str) -> JobStatus:
     at = event.received_at
     return JobStatus(job_id, status, at, at, last_position=event.position)
 
 
-def _reported(event: RecordedEvent) -> dict[str, Any]:
+def _reported(event: Foldable) -> dict[str, Any]:
     """The identity fields a callback carries, where present."""
     data = event.data
     return {k: v for k in _IDENTITY if (v := data.get(k)) is not None}
 
 
-def apply(job: JobStatus | None, event: RecordedEvent) -> JobStatus:
+def apply(job: JobStatus | None, event: Foldable) -> JobStatus:
     """Fold one event of the job's stream into its status row."""
     at = event.received_at
     type_ = event.type
@@ -154,7 +154,7 @@ def apply(job: JobStatus | None, event: RecordedEvent) -> JobStatus:
     )
 
 
-def _apply_ending(job: JobStatus, event: RecordedEvent, status: str) -> JobStatus:
+def _apply_ending(job: JobStatus, event: Foldable, status: str) -> JobStatus:
     """An event for a job that has ended, or the watchdog ending it."""
     at = event.received_at
     # Every event of the stream counts and moves the row's time and position.
@@ -172,7 +172,7 @@ def _apply_ending(job: JobStatus, event: RecordedEvent, status: str) -> JobStatu
     return evolve(job, status="timed_out", finished_at=at, **changes)
 
 
-def _apply_github(job: JobStatus | None, event: RecordedEvent) -> JobStatus:
+def _apply_github(job: JobStatus | None, event: Foldable) -> JobStatus:
     report = run_report(_GITHUB_RUN_TYPES[event.type], event.data)
     if job is None:
         job = _new(event.metadata["job_id"], event, "queued")

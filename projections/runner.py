@@ -25,7 +25,7 @@ import structlog
 
 from events.errors import StorageUnavailable, cancelling, translate
 from events.locks import EVENTS_CHANNEL
-from events.models import RecordedEvent
+from events.models import FoldedEvent
 from events.store import Connection, connect, read_all
 from events.upcasters import UPCASTERS, Upcasters
 from projections.base import AnyProjection, metadata_read_by
@@ -37,7 +37,7 @@ log = structlog.get_logger(component="projector")
 
 # Awaited inside the batch transaction after the rows are written and before the checkpoint
 # moves: tests use it to kill the projector at the worst moment.
-BeforeCheckpoint = Callable[[Sequence[RecordedEvent]], Awaitable[None]]
+BeforeCheckpoint = Callable[[Sequence[FoldedEvent]], Awaitable[None]]
 
 
 async def apply_batch(

@@ -15,7 +15,7 @@ import pytest
 
 from events.appender import Appender
 from events.catalog import HEARTBEAT_RECORDED, STATUS_REPORTED, TIMED_OUT, job_stream
-from events.models import NewEvent, RecordedEvent
+from events.models import FoldedEvent, NewEvent
 from projections.registry import PROJECTIONS
 from projections.replay import fold_log, rebuild
 from projections.runner import Projector, apply_batch
@@ -115,7 +115,7 @@ async def test_a_crash_between_rows_and_checkpoint_applies_nothing_twice(
     await append_all(pool, mixed_workload(seed=1, count=120))
     crashes = 0
 
-    async def crash_once(_events: Sequence[RecordedEvent]) -> None:
+    async def crash_once(_events: Sequence[FoldedEvent]) -> None:
         nonlocal crashes
         crashes += 1
         if crashes == 2:  # the second batch: rows are written, the checkpoint is not
@@ -141,7 +141,7 @@ async def test_a_projector_cancelled_mid_batch_is_rolled_back_and_resumes(
     await append_all(pool, mixed_workload(seed=2, count=80))
     stuck = asyncio.Event()
 
-    async def hang(_events: Sequence[RecordedEvent]) -> None:
+    async def hang(_events: Sequence[FoldedEvent]) -> None:
         stuck.set()
         await asyncio.Event().wait()
 

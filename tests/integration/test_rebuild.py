@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from events.locks import REPLAY_LOCK
-from events.models import RecordedEvent
+from events.models import Foldable
 from projections.base import Projection
 from projections.folding import Fold
 from projections.replay import ReplayError, rebuild
@@ -86,7 +86,7 @@ class Seen(NamedTuple):
     events: int
 
 
-def fails_at_the_25th(state: Seen | None, event: RecordedEvent) -> Seen:
+def fails_at_the_25th(state: Seen | None, event: Foldable) -> Seen:
     if event.position == 25:
         raise RuntimeError("fold failed at 25")
     return Seen(event.data["job_id"], (state.events if state else 0) + 1)

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from events.hashing import check_chain
-from events.models import NewEvent, RecordedEvent, StreamId
+from events.models import Foldable, NewEvent, RecordedEvent, StreamId
 from events.store import read_stream
 from events.upcasters import UPCASTERS, Upcasters
 from projections.audit import compare
@@ -29,11 +29,11 @@ class Paint(NamedTuple):
     version: int  # the version the fold was given
 
 
-def painted_key(event: RecordedEvent) -> str | None:
+def painted_key(event: Foldable) -> str | None:
     return str(event.data["item"]) if event.type == PAINTED else None
 
 
-def paint(_state: Paint | None, event: RecordedEvent) -> Paint:
+def paint(_state: Paint | None, event: Foldable) -> Paint:
     return Paint(event.data["item"], event.data["color"], event.version)  # v2 only
 
 
