@@ -11,7 +11,7 @@ import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, NewType, Protocol
+from typing import Any, NamedTuple, NewType, Protocol, TypeVar
 from uuid import UUID, uuid4
 
 StreamId = NewType("StreamId", str)
@@ -143,6 +143,10 @@ class FoldedEvent(NamedTuple):
     data: dict[str, Any]
     metadata: dict[str, Any]
     received_at: datetime
+
+
+# Either kind of event a reader returns, where one function serves both (paging, upcasting).
+AnyEvent = TypeVar("AnyEvent", FoldedEvent, RecordedEvent)
 
 
 class Foldable(Protocol):

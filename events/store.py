@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Sequence
-from typing import Any, NamedTuple, TypeAlias, TypeVar
+from typing import Any, NamedTuple, TypeAlias
 from uuid import UUID
 
 import asyncpg
@@ -45,6 +45,7 @@ from events.errors import translate
 from events.hashing import event_digest
 from events.locks import APPEND_LOCK, EVENTS_CHANNEL
 from events.models import (
+    AnyEvent,
     AppendResult,
     FoldedEvent,
     NewEvent,
@@ -319,9 +320,6 @@ def scan_stored(
     return _pages(conn, Q["read_range_raw"], after, until, page, (), build)
 
 
-E = TypeVar("E", FoldedEvent, RecordedEvent)
-
-
 async def _pages(
     conn: Connection,
     query: str,
@@ -329,8 +327,8 @@ async def _pages(
     until: int | None,
     page: int,
     more: tuple[Any, ...],
-    build: Callable[[list[asyncpg.Record]], list[E]],
-) -> AsyncGenerator[list[E], None]:
+    build: Callable[[list[asyncpg.Record]], list[AnyEvent]],
+) -> AsyncGenerator[list[AnyEvent], None]:
     end = MAX_POSITION if until is None else until
     rows = await conn.fetch(query, after, end, page, *more)
     while rows:

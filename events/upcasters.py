@@ -17,13 +17,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
-from events.models import FoldedEvent, RecordedEvent
+from events.models import AnyEvent
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
-# What the readers hand the folds (FoldedEvent) or verify folds (RecordedEvent).
-E = TypeVar("E", FoldedEvent, RecordedEvent)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,13 +38,13 @@ class Upcasters:
             raise ValueError(f"an upcaster for {type} v{from_version} is already registered")
         return Upcasters(MappingProxyType({**self.steps, (type, from_version): upcaster}))
 
-    def upcast_all(self, events: list[E]) -> list[E]:
+    def upcast_all(self, events: list[AnyEvent]) -> list[AnyEvent]:
         """``events``, each upcast (the list itself while no type has a second version)."""
         if not self.steps:
             return events
         return [self.upcast(e) for e in events]
 
-    def upcast(self, event: E) -> E:
+    def upcast(self, event: AnyEvent) -> AnyEvent:
         """``event`` at the latest version its type has steps for (itself if none apply)."""
         while (step := self.steps.get((event.type, event.version))) is not None:
             # Each step gets its own copy: an upcaster may change the dict it is given.
