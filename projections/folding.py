@@ -71,6 +71,8 @@ class Fold:
             )
             for p in self.projections
         )
+        self._limited = limits is not None
+        self._untracked_plan = tuple((step.key_of, step.apply, step.states) for step in self._plan)
 
     def apply(self, event: Foldable) -> None:
         """Fold one (upcast) event into every projection it concerns."""
@@ -87,6 +89,20 @@ class Fold:
             if self._track_origins:
                 origin[key] = (event.stream_id, position)
         self.events += 1
+
+    def _untracked(self) -> bool:
+        return not (self.track_changes or self._track_origins or self._limited)
+
+    def _apply_untracked(self, events: Sequence[Foldable]) -> None:
+        """``apply`` for each of ``events`` when nothing is tracked or limited (a replay's
+        first pass, most of its work): the same folds, without apply's checks per event."""
+        plan = self._untracked_plan
+        for event in events:
+            for key_of, fold, states in plan:
+                key = key_of(event)
+                if key is not None:
+                    states[key] = fold(states.get(key), event)
+        self.events += len(events)
 
     def clean(self) -> None:
         for keys in self.dirty.values():
@@ -127,9 +143,12 @@ class Fold:
         )
         async with contextlib.aclosing(pages):
             async for events in pages:
-                for event in events:
-                    if keep is None or keep(event):
-                        self.apply(event)
+                if keep is None and self._untracked():
+                    self._apply_untracked(events)
+                else:
+                    for event in events:
+                        if keep is None or keep(event):
+                            self.apply(event)
                 self.position = events[-1].position
                 # The states only grow and live as long as the fold: without this, every full
                 # collection of the cyclic GC walks all of them again (a third of a replay's

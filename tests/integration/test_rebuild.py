@@ -15,6 +15,7 @@ from events.locks import REPLAY_LOCK
 from events.models import Foldable
 from projections.base import Projection
 from projections.folding import Fold
+from projections.registry import PROJECTIONS
 from projections.replay import ReplayError, rebuild
 from tests.e2e.test_replay import folded
 from tests.workload import append, aside_tables, callback, head, jobtrail, lifecycle, snapshot
@@ -105,3 +106,18 @@ async def test_a_fold_failing_mid_log_raises_its_error_and_frees_the_connection(
             async with conn.transaction(isolation="repeatable_read"):
                 await Fold([failing]).run(conn, page=10)
         assert await conn.fetchval("SELECT count(*) FROM events") == 50
+
+
+async def test_a_first_pass_folds_as_event_by_event_does(pool: asyncpg.Pool[Any]) -> None:
+    # A replay's first pass tracks nothing and takes a leaner loop than apply's; the states,
+    # and the count of events taken, must come out the same.
+    await append(pool, lifecycle(jobs=30, per_job=7))
+    await append(pool, [callback("vm-first-heard-failing", "failed", datetime.now(UTC))])
+    untracked, tracked = Fold(PROJECTIONS), Fold(PROJECTIONS)
+    untracked.track_changes = False
+    async with pool.acquire() as conn:
+        await untracked.run(conn, page=16)
+        await tracked.run(conn, page=16)
+    assert untracked.states == tracked.states
+    assert untracked.states["job_status"]["vm-first-heard-failing"].status == "failed"
+    assert untracked.events == tracked.events == untracked.position == 211
