@@ -1,5 +1,6 @@
 """The replay's swap: short, retried behind a long reader without losing what it caught up on,
-given up cleanly, and one replay at a time."""
+given up cleanly, and one replay at a time; and the fold under it: a failing fold frees its
+connection, and a first pass folds as event by event does."""
 
 from __future__ import annotations
 
