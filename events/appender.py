@@ -1,16 +1,16 @@
 """Group commit: many concurrent appends share one transaction and one fsync.
 
 Callers await ``Appender.append``; a single background task drains everything that queued up
-while the previous batch was being appended, appends it as one batch, and answers every caller
-only after the batch is on disk. Under load batches grow by themselves; when idle a lone event is
-committed at once, with no timer to wait for.
+while the previous batch was being committed, appends it as one batch in one statement that
+commits synchronously, and answers every caller only after the batch is on disk. Under load
+batches grow by themselves (what arrives during one commit, fsync included, is the next batch);
+when idle a lone event is committed at once, with no timer to wait for.
 
-Appending and flushing are pipelined: a batch commits without waiting for its WAL flush, which
-releases the append lock at once, and a separate task flushes the WAL and then answers the
-batch's callers, while the next batch is already being appended. Each flush covers every commit
-before it, so concurrent flushes share fsyncs; an acknowledged event is on disk all the same
-(``tests/reliability/test_postgres_crash.py`` kills PostgreSQL under load to show it). With
-``before_commit`` set (tests) each batch commits synchronously in a transaction instead.
+The append lock is held through the commit's fsync. Sessions 14 to 18 released it first (the
+batch committed without waiting for the WAL, and a separate call flushed it while the next
+batch appended), which on two busy cores made more, smaller batches and a second round trip
+for each: committing synchronously measured more callbacks a second on less CPU each, in every
+pair of runs (bench/README.md, session 19).
 """
 
 from __future__ import annotations
@@ -26,15 +26,12 @@ from asyncpg.pool import PoolConnectionProxy
 
 from events.errors import AppendFailed, StorageUnavailable, cancelling, is_unavailable
 from events.models import AppendResult, NewEvent
-from events.store import append_batch, flush_wal
+from events.store import append_batch
 
 log = structlog.get_logger(component="appender")
 
 BatchHook = Callable[[Sequence[NewEvent]], Awaitable[None]]
 _Request = tuple[Sequence[NewEvent], "asyncio.Future[list[AppendResult]]"]
-
-# Batches appended but not yet flushed, at most: each holds a pool connection meanwhile.
-FLUSHES_IN_FLIGHT = 3
 
 
 class Appender:
@@ -60,7 +57,6 @@ class Appender:
         self._pending: list[_Request] = []
         self._wakeup = asyncio.Event()
         self._stopped = False
-        self._flush_slots = asyncio.Semaphore(FLUSHES_IN_FLIGHT)
 
     async def append(self, events: Sequence[NewEvent]) -> list[AppendResult]:
         """Durably append ``events`` (in order, in one transaction) and return where they are.
@@ -79,12 +75,11 @@ class Appender:
 
     async def run(self) -> None:
         try:
-            async with asyncio.TaskGroup() as flushes:
-                while True:
-                    await self._wakeup.wait()
-                    self._wakeup.clear()
-                    while self._pending:
-                        await self._commit(self._take_batch(), flushes)
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                while self._pending:
+                    await self._commit(self._take_batch())
         finally:
             # Shutting down (or a bug): whoever still waits gets a clear "try again", not a hang.
             self._stopped = True
@@ -101,35 +96,36 @@ class Appender:
         requests, self._pending = self._pending[:taken], self._pending[taken:]
         return requests
 
-    async def _commit(self, requests: list[_Request], flushes: asyncio.TaskGroup) -> None:
-        """Append one batch; hand it to a flush task that answers its callers."""
+    async def _commit(self, requests: list[_Request]) -> None:
+        """Append one batch and answer its callers once it is on disk."""
         events = [event for batch, _ in requests for event in batch]
         loop = asyncio.get_running_loop()
         started = loop.time()
-        await self._flush_slots.acquire()
-        conn: PoolConnectionProxy[Any] | None = None
         try:
             conn = await self._pool.acquire()
-            hook = self._before_commit
-            deferred = hook is None
-            if hook is None:
-                # One round trip, committed on its own without waiting for the fsync.
-                results = await append_batch(conn, events, wait_for_flush=False)
-            else:
-                async with conn.transaction():
+            try:
+                hook = self._before_commit
+                if hook is None:
+                    # One round trip: the statement commits on its own, after the fsync.
                     results = await append_batch(conn, events)
-                    await hook(events)
-        except BaseException as error:
-            if conn is not None:
+                else:
+                    async with conn.transaction():
+                        results = await append_batch(conn, events)
+                        await hook(events)
+            finally:
                 await self._release(conn)
-            self._flush_slots.release()
-            await self._failed(requests, error, flushes)
+        except BaseException as error:
+            await self._failed(requests, error)
             return
-        flushes.create_task(self._flush(conn, deferred, requests, results, started))
+        if self._on_batch is not None:
+            self._on_batch(len(results), loop.time() - started)
+        offset = 0
+        for batch, future in requests:
+            if not future.done():
+                future.set_result(results[offset : offset + len(batch)])
+            offset += len(batch)
 
-    async def _failed(
-        self, requests: list[_Request], error: BaseException, flushes: asyncio.TaskGroup
-    ) -> None:
+    async def _failed(self, requests: list[_Request], error: BaseException) -> None:
         events = sum(len(batch) for batch, _ in requests)
         if isinstance(error, asyncio.CancelledError):
             # Stopping mid-commit: the outcome is unknown, so nothing is acknowledged.
@@ -145,41 +141,10 @@ class Appender:
             # One request's events sank the batch: give each request its own transaction so
             # that only the bad one fails.
             for request in requests:
-                await self._commit([request], flushes)
+                await self._commit([request])
         else:
             log.error("append.failed", error=type(error).__name__, detail=str(error))
             self._fail(requests, AppendFailed(type(error).__name__))
-
-    async def _flush(
-        self,
-        conn: PoolConnectionProxy[Any],
-        deferred: bool,
-        requests: list[_Request],
-        results: list[AppendResult],
-        started: float,
-    ) -> None:
-        """Answer a committed batch's callers once it is on disk."""
-        try:
-            if deferred:
-                await flush_wal(conn)
-        except BaseException as error:
-            # Committed, but whether it reached the disk is unknown: nothing is acknowledged
-            # (a retry finds the events by idempotency key if they survived).
-            self._fail(requests, StorageUnavailable(type(error).__name__))
-            if not isinstance(error, Exception) or cancelling():
-                raise
-            log.warning("append.flush_failed", error=type(error).__name__)
-            return
-        finally:
-            await self._release(conn)
-            self._flush_slots.release()
-        if self._on_batch is not None:
-            self._on_batch(len(results), asyncio.get_running_loop().time() - started)
-        offset = 0
-        for batch, future in requests:
-            if not future.done():
-                future.set_result(results[offset : offset + len(batch)])
-            offset += len(batch)
 
     async def _release(self, conn: PoolConnectionProxy[Any]) -> None:
         # A connection that cannot be reset is terminated by the pool, which then raises: the

@@ -6,18 +6,20 @@
 SELECT pg_advisory_xact_lock($1), pg_notify($2, '')
 
 -- name: append --
--- A batch in one statement (migration 0007): $1 the append lock, $2 the events channel, $3
--- whether the commit waits for the WAL flush, then one array per column, in batch order. One
--- row per event, in order.
+-- A batch in one statement (migration 0007): $1 the append lock, $2 the events channel, then
+-- one array per column, in batch order. One row per event, in order. The third argument,
+-- true, has the commit wait for the WAL flush (false, which commits at once and leaves the
+-- flush to the caller, is unused since session 19: events/appender.py says why).
 SELECT r_event_id, r_position, r_outcome
-  FROM jobtrail_append($1, $2, $3, $4::uuid[], $5::text[], $6::text[], $7::int[], $8::jsonb[],
-                       $9::jsonb[], $10::timestamptz[], $11::bytea[], $12::text[],
-                       $13::bigint[], $14::smallint[], $15::bytea[], $16::text[], $17::jsonb[])
+  FROM jobtrail_append($1, $2, true, $3::uuid[], $4::text[], $5::text[], $6::int[],
+                       $7::jsonb[], $8::jsonb[], $9::timestamptz[], $10::bytea[], $11::text[],
+                       $12::bigint[], $13::smallint[], $14::bytea[], $15::text[], $16::jsonb[])
 
--- name: flush_wal --
--- Returns once the WAL is on disk up to this (empty, non-transactional) message, and so up to
--- every commit before it (PostgreSQL 17 and later).
-SELECT pg_logical_emit_message(false, 'jobtrail', '', true)
+-- name: durable_commits --
+-- Commits of this session wait for the local WAL flush at least (events/store.py,
+-- init_connection); a stricter setting is kept.
+SELECT set_config('synchronous_commit', 'local', false)
+ WHERE current_setting('synchronous_commit') = 'off'
 
 -- name: read_heads_and_keys --
 SELECT stream_id, version, last_hash, NULL::text AS key, NULL::uuid AS event_id,

@@ -21,11 +21,10 @@ Under the same lock, stream positions are the stream head plus one (gap-free per
 idempotency key seen before answers with the first event instead of a new one.
 
 A batch is appended by one statement, the ``jobtrail_append`` function (migration 0007): lock,
-heads, keys, chain links and insert next to the data, one round trip. The group-commit writer
-lets it commit without waiting for the WAL flush (the lock is then released an fsync earlier)
-and flushes before it answers anyone (``flush_wal``). Between the two the batch is visible but
-not yet durable; nothing that depends on it can be durable before it either, since the WAL is
-flushed in order: the projector's own commit flushes it too.
+heads, keys, chain links and insert next to the data, one round trip, which returns once the
+batch's commit is on disk. Connections opened through ``init_connection`` never commit with
+``synchronous_commit = off``, whatever the server's default, so a returned append is a durable
+one.
 """
 
 from __future__ import annotations
@@ -110,16 +109,27 @@ def _decode_json(data: bytes) -> Any:
 
 
 async def register_codecs(conn: asyncpg.Connection[Any]) -> None:
-    """Map ``jsonb`` to Python values; pass as the pool's ``init``. The binary format spares a
-    text conversion each way: what crosses the wire is the JSON text either way."""
+    """Map ``jsonb`` to Python values. The binary format spares a text conversion each way:
+    what crosses the wire is the JSON text either way."""
     await conn.set_type_codec(
         "jsonb", encoder=_encode_json, decoder=_decode_json, schema="pg_catalog", format="binary"
     )
 
 
-async def append_batch(
-    conn: Connection, batch: Sequence[NewEvent], *, wait_for_flush: bool = True
-) -> list[AppendResult]:
+async def init_connection(conn: asyncpg.Connection[Any]) -> None:
+    """Pass as the ``init`` of a pool that appends: the jsonb codecs, and commits that wait
+    for the WAL flush.
+
+    An append is acknowledged once its statement returns, so its commit must have reached the
+    disk. A server, database or role whose ``synchronous_commit`` is ``off`` would make that
+    a lie; such a connection commits with ``local`` instead (any other value already waits for
+    the local flush, and may also wait for standbys, which is left as configured). The setting
+    is the session's: the pool must not ``RESET ALL`` a returned connection."""
+    await register_codecs(conn)
+    await conn.execute(Q["durable_commits"])
+
+
+async def append_batch(conn: Connection, batch: Sequence[NewEvent]) -> list[AppendResult]:
     """Append ``batch`` in order; one result per event.
 
     One statement (the ``jobtrail_append`` function, migration 0007): it takes the append lock,
@@ -130,10 +140,6 @@ async def append_batch(
     its result repeats the first event's id and position with ``duplicate=True``. An event
     whose ``expected_version`` is not its stream's version is not stored either
     (``conflict=True``).
-
-    ``wait_for_flush=False`` (outside a transaction only) commits without waiting for the WAL
-    to reach the disk, which releases the append lock an fsync earlier: nothing may be
-    acknowledged until ``flush_wal`` has returned.
     """
     if not batch:
         return []
@@ -157,9 +163,7 @@ async def append_batch(
         ),
         strict=True,
     )
-    rows = await conn.fetch(
-        Q["append"], APPEND_LOCK, EVENTS_CHANNEL, wait_for_flush, *map(list, columns)
-    )
+    rows = await conn.fetch(Q["append"], APPEND_LOCK, EVENTS_CHANNEL, *map(list, columns))
     return [
         AppendResult(
             event_id,
@@ -173,14 +177,6 @@ async def append_batch(
 
 # jobtrail_append's outcomes ("char" comes back as bytes); 'n' is stored.
 _DUPLICATE, _CONFLICT = b"d", b"c"
-
-
-async def flush_wal(conn: Connection) -> None:
-    """Wait until every commit so far is on disk (the WAL is flushed past it). PostgreSQL 17
-    and later (pg_logical_emit_message's flush argument), as the partitioned log needs anyway."""
-    # fetchval, not execute: a prepared statement (planned once per connection), where execute
-    # without arguments would send a simple query to be parsed and planned on every batch.
-    await conn.fetchval(Q["flush_wal"])
 
 
 class Row(NamedTuple):

@@ -21,7 +21,7 @@ from aiohttp import web
 from events.appender import Appender
 from events.locks import LEADER_LOCK
 from events.partitions import keep_partitions
-from events.store import register_codecs
+from events.store import init_connection
 from projections.runner import Projector
 from projections.watchdog import Watchdog
 from service import dashboard, evidence, ingest, openapi, read_api, stream
@@ -59,7 +59,8 @@ async def _rollback_only(_conn: asyncpg.Connection[Any]) -> None:
     this, and that is all the service needs. The default reset (unlock every advisory lock,
     UNLISTEN, RESET ALL) is a round trip on every release; no pool connection of the service
     holds session state (the leader's lock has a connection of its own, the projector
-    unlistens itself, settings are SET LOCAL)."""
+    unlistens itself, settings are SET LOCAL) but the durable commits ``init_connection`` set
+    up for the connection's whole life."""
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -67,7 +68,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     assert settings.database_url is not None
     pool = await asyncpg.create_pool(
         settings.database_url.get_secret_value(),
-        init=register_codecs,
+        init=init_connection,
         min_size=2,
         max_size=POOL_SIZE,
         timeout=CONNECT_TIMEOUT_S,

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from service.keys import pool_key
 from service.settings import Settings
 from tests.conftest import AppClientFactory
 from tests.helpers import (
@@ -356,6 +357,29 @@ async def test_two_hundred_concurrent_callbacks_get_gap_free_stream_positions(
             "SELECT stream_position FROM events WHERE stream_id = 'job-vm-13' ORDER BY position"
         )
     assert [r["stream_position"] for r in rows] == list(range(1, 201))
+
+
+@pytest.mark.parametrize(("default", "used"), [("off", "local"), ("remote_apply", "remote_apply")])
+async def test_appends_wait_for_the_wal_flush_whatever_the_database_default(
+    app_client: AppClientFactory,
+    settings: Settings,
+    pool: asyncpg.Pool[Any],
+    default: str,
+    used: str,
+) -> None:
+    """A 200 means the event's commit is on disk: the service's connections never commit with
+    synchronous_commit off (tests/reliability/test_postgres_crash.py shows what that loses),
+    and a stricter setting the operator chose is kept."""
+    async with pool.acquire() as conn:
+        name = await conn.fetchval("SELECT current_database()")
+        await conn.execute(f'ALTER DATABASE "{name}" SET synchronous_commit = {default}')
+    client = await app_client(settings)
+    body = body_of({"job_id": "vm-14", "status": "running"})
+    response = await client.post(URL, data=body, headers=standard_headers(body))
+    assert response.status == 200
+    service_pool = client.app[pool_key]
+    for _ in range(2):  # and still after the connection went back to the pool
+        assert await service_pool.fetchval("SHOW synchronous_commit") == used
 
 
 async def test_secrets_never_reach_responses_or_logs(

@@ -1,10 +1,10 @@
 """PostgreSQL killed with SIGKILL under load: nothing acknowledged is lost (SPEC section 9).
 
-The appender commits a batch without waiting for its WAL flush, then flushes and only then
-answers (``events.appender``). A crash of PostgreSQL between the two loses the batch, which was
-never acknowledged; this campaign checks the other half: every 200 survives the crash. Killing
-every server process loses what sits in PostgreSQL's WAL buffers (shared memory), so an
-acknowledgement sent before the flush would show here as a missing event.
+The appender answers a batch's callers once its commit returned, and its connections commit
+waiting for the WAL flush (``events.store.init_connection``). Here the server's own default is
+``synchronous_commit = off``, the setting that acknowledges commits still in PostgreSQL's WAL
+buffers: killing every server process loses those, so an acknowledgement sent before the
+flush would show as a missing event. (Without ``init_connection``'s guard the campaign fails.)
 """
 
 from __future__ import annotations
@@ -54,6 +54,12 @@ async def test_nothing_acknowledged_is_lost_when_postgres_is_killed(
     seed = campaign_seed()
     rng = random.Random(seed)
     dsn = await asyncio.to_thread(own_server.start)
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute("ALTER SYSTEM SET synchronous_commit = off")
+        await admin.execute("SELECT pg_reload_conf()")
+    finally:
+        await admin.close()
     service = ServeProcess(dsn, tmp_path, free_port())
     await service.start()
     driver = Driver(service.base, workload(rng, CALLBACKS, jobs=16, tag=f"p{seed}"), workers=32)
