@@ -25,7 +25,13 @@ from events.store import register_codecs
 from service.app import create_app
 from service.migrate import migrate
 from service.settings import Settings
-from tests.helpers import CALLBACK_SECRET, READ_TOKEN, ROTATED_SECRET, with_database
+from tests.helpers import (
+    CALLBACK_SECRET,
+    READ_TOKEN,
+    ROTATED_SECRET,
+    ServeProcess,
+    with_database,
+)
 
 AiohttpClient = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 
@@ -142,3 +148,22 @@ async def client(
     yield test_client
     # Stop the app (its projector and pool) before its database is dropped.
     await test_client.close()
+
+
+ServeProcessFactory = Callable[..., ServeProcess]
+
+
+@pytest.fixture
+async def serve_process() -> AsyncIterator[ServeProcessFactory]:
+    """Make ``ServeProcess``es (same arguments) that are killed when the test ends, if still
+    running: a test that fails half-way must not leave a ``jobtrail serve`` behind."""
+    made: list[ServeProcess] = []
+
+    def make(database_url: str, workdir: Path, port: int, **env: str) -> ServeProcess:
+        made.append(ServeProcess(database_url, workdir, port, **env))
+        return made[-1]
+
+    yield make
+    for service in made:
+        if service.process is not None and service.process.returncode is None:
+            await service.kill()

@@ -155,7 +155,8 @@ def clean_env(**env: str) -> dict[str, str]:
 class ServeProcess:
     """``jobtrail serve`` on a fixed 127.0.0.1 port, on ``database_url``, to be started, killed
     and started again. Configured with ``CALLBACK_SECRET`` (plus ``ROTATED_SECRET``) and
-    ``READ_TOKEN`` unless ``env`` says otherwise; its stdout and stderr go to ``log``."""
+    ``READ_TOKEN`` unless ``env`` says otherwise; its stdout and stderr go to ``log``. Tests
+    make one with the ``serve_process`` fixture, which kills it if the test fails first."""
 
     def __init__(self, database_url: str, workdir: Path, port: int, **env: str) -> None:
         self.base = f"http://127.0.0.1:{port}"

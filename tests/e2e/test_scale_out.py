@@ -14,7 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from events.locks import LEADER_LOCK
-from tests.helpers import ServeProcess, body_of, free_port, standard_headers, wait_for_projection
+from tests.conftest import ServeProcessFactory
+from tests.helpers import body_of, free_port, standard_headers, wait_for_projection
 
 pytestmark = pytest.mark.slow
 URL = "/api/webhooks/github"
@@ -41,11 +42,11 @@ async def post(session: aiohttp.ClientSession, base: str, **payload: Any) -> int
 
 
 async def test_another_process_takes_over_when_the_leader_dies(
-    database_url: str, pool: asyncpg.Pool[Any], tmp_path: Path
+    database_url: str, pool: asyncpg.Pool[Any], tmp_path: Path, serve_process: ServeProcessFactory
 ) -> None:
     env = {"JOBTRAIL_TIMEOUT_AFTER_S": "3"}
-    first = ServeProcess(database_url, tmp_path, free_port(), **env)
-    second = ServeProcess(database_url, tmp_path, free_port(), **env)
+    first = serve_process(database_url, tmp_path, free_port(), **env)
+    second = serve_process(database_url, tmp_path, free_port(), **env)
     await asyncio.gather(first.start(), second.start())
     deadline = time.monotonic() + 10
     while (holder := await leader_pid(pool)) is None:
@@ -104,8 +105,10 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
-async def test_workers_share_one_port_and_metrics_add_up(database_url: str, tmp_path: Path) -> None:
-    served = ServeProcess(database_url, tmp_path, free_port(), JOBTRAIL_WORKERS="2")
+async def test_workers_share_one_port_and_metrics_add_up(
+    database_url: str, tmp_path: Path, serve_process: ServeProcessFactory
+) -> None:
+    served = serve_process(database_url, tmp_path, free_port(), JOBTRAIL_WORKERS="2")
     await served.start()
     assert served.process is not None
     workers = children_of(served.process.pid)

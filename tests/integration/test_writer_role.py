@@ -25,7 +25,8 @@ from projections.registry import PROJECTIONS
 from projections.replay import rebuild
 from projections.runner import apply_batch
 from projections.watchdog import time_out_silent_jobs
-from tests.helpers import AUTH, ServeProcess, body_of, free_port, standard_headers
+from tests.conftest import ServeProcessFactory
+from tests.helpers import AUTH, body_of, free_port, standard_headers
 from tests.reliability.harness import URL
 
 WRITER = "jobtrail_writer"
@@ -145,8 +146,10 @@ async def test_the_writer_appends_projects_and_times_out(
 
 
 @pytest.mark.slow
-async def test_jobtrail_serves_as_the_writer(writer_url: str, tmp_path: Path) -> None:
-    service = ServeProcess(writer_url, tmp_path, free_port())
+async def test_jobtrail_serves_as_the_writer(
+    writer_url: str, tmp_path: Path, serve_process: ServeProcessFactory
+) -> None:
+    service = serve_process(writer_url, tmp_path, free_port())
     await service.start()  # migrations are applied already: serve only checks them
     try:
         body = body_of({"job_id": "vm-writer", "status": "running"})

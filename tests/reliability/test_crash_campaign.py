@@ -17,7 +17,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.helpers import ServeProcess, free_port, wait_for_projection
+from tests.conftest import ServeProcessFactory
+from tests.helpers import free_port, wait_for_projection
 from tests.reliability.harness import (
     Driver,
     campaign_seed,
@@ -34,11 +35,11 @@ KILLS = 3
 
 
 async def test_nothing_acknowledged_is_lost_across_random_kill_9s(
-    database_url: str, pool: asyncpg.Pool[Any], tmp_path: Path
+    database_url: str, pool: asyncpg.Pool[Any], tmp_path: Path, serve_process: ServeProcessFactory
 ) -> None:
     seed = campaign_seed()
     rng = random.Random(seed)
-    service = ServeProcess(database_url, tmp_path, free_port())
+    service = serve_process(database_url, tmp_path, free_port())
     driver = Driver(service.base, workload(rng, CALLBACKS, jobs=12, tag=f"k{seed}"))
     # Kill once this many callbacks are acknowledged, plus a random few milliseconds.
     thresholds = sorted(rng.sample(range(CALLBACKS // 10, CALLBACKS * 8 // 10), KILLS))

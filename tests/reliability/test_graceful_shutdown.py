@@ -18,7 +18,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from tests.helpers import ServeProcess, free_port, wait_for_projection
+from tests.conftest import ServeProcessFactory
+from tests.helpers import free_port, wait_for_projection
 from tests.reliability.harness import (
     Driver,
     campaign_seed,
@@ -34,11 +35,15 @@ EXIT_WITHIN_S = 10.0
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 async def test_a_signal_under_load_stops_cleanly_and_loses_nothing(
-    database_url: str, pool: asyncpg.Pool[Any], tmp_path: Path, signum: int
+    database_url: str,
+    pool: asyncpg.Pool[Any],
+    tmp_path: Path,
+    signum: int,
+    serve_process: ServeProcessFactory,
 ) -> None:
     seed = campaign_seed()
     rng = random.Random(seed)
-    service = ServeProcess(database_url, tmp_path, free_port())
+    service = serve_process(database_url, tmp_path, free_port())
     driver = Driver(service.base, workload(rng, 300, jobs=10, tag=f"g{seed}"))
     await service.start()
     sending = asyncio.create_task(driver.run())

@@ -20,9 +20,9 @@ import pytest
 
 from devdb import EmbeddedPostgres
 from events.store import register_codecs
+from tests.conftest import ServeProcessFactory
 from tests.helpers import (
     AUTH,
-    ServeProcess,
     body_of,
     free_port,
     standard_headers,
@@ -52,12 +52,12 @@ async def timed_get(
 
 
 async def test_service_rides_out_a_database_outage(
-    own_server: EmbeddedPostgres, tmp_path: Path
+    own_server: EmbeddedPostgres, tmp_path: Path, serve_process: ServeProcessFactory
 ) -> None:
     seed = campaign_seed()
     rng = random.Random(seed)
     dsn = await asyncio.to_thread(own_server.start)
-    service = ServeProcess(
+    service = serve_process(
         dsn, tmp_path, free_port(), JOBTRAIL_TIMEOUT_AFTER_S=str(TIMEOUT_AFTER_S)
     )
     await service.start()

@@ -21,7 +21,8 @@ import pytest
 
 from devdb import EmbeddedPostgres
 from events.store import register_codecs
-from tests.helpers import ServeProcess, free_port, wait_for_projection
+from tests.conftest import ServeProcessFactory
+from tests.helpers import free_port, wait_for_projection
 from tests.reliability.harness import Driver, campaign_seed, check_log, workload
 
 pytestmark = pytest.mark.slow
@@ -49,7 +50,7 @@ def kill_postgres(server: EmbeddedPostgres) -> None:
 
 
 async def test_nothing_acknowledged_is_lost_when_postgres_is_killed(
-    own_server: EmbeddedPostgres, tmp_path: Path
+    own_server: EmbeddedPostgres, tmp_path: Path, serve_process: ServeProcessFactory
 ) -> None:
     seed = campaign_seed()
     rng = random.Random(seed)
@@ -60,7 +61,7 @@ async def test_nothing_acknowledged_is_lost_when_postgres_is_killed(
         await admin.execute("SELECT pg_reload_conf()")
     finally:
         await admin.close()
-    service = ServeProcess(dsn, tmp_path, free_port())
+    service = serve_process(dsn, tmp_path, free_port())
     await service.start()
     driver = Driver(service.base, workload(rng, CALLBACKS, jobs=16, tag=f"p{seed}"), workers=32)
     thresholds = sorted(rng.sample(range(CALLBACKS // 10, CALLBACKS * 7 // 10), CRASHES))

@@ -23,11 +23,11 @@ import pytest
 
 from service.credentials import ensure_credentials
 from service.settings import Settings
+from tests.conftest import ServeProcessFactory
 from tests.helpers import (
     CALLBACK_SECRET,
     READ_TOKEN,
     ROTATED_SECRET,
-    ServeProcess,
     body_of,
     free_port,
 )
@@ -61,9 +61,9 @@ def github(secret: str, body: bytes) -> dict[str, str]:
 
 
 async def test_no_secret_token_or_signature_is_ever_logged(
-    database_url: str, tmp_path: Path
+    database_url: str, tmp_path: Path, serve_process: ServeProcessFactory
 ) -> None:
-    service = ServeProcess(
+    service = serve_process(
         database_url, tmp_path, free_port(), GITHUB_WEBHOOK_SECRET=WEBHOOK_SECRET
     )
     service.env["JOBTRAIL_READ_TOKENS"] = f"{READ_TOKEN},{SECOND_TOKEN}"
