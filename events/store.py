@@ -76,7 +76,8 @@ async def connect(
 
 
 _DIGITS_AS_NINES = bytes.maketrans(b"0123456789", b"9" * 10)
-_LONG_DIGIT_RUN = b"9" * 20
+# orjson reads an integer past 64 bits, or below -2**63 (19 digits and a minus), as a float.
+_LONG_DIGIT_RUN = b"9" * 19
 # jsonb's binary format: a version byte, then the document as JSON text.
 _JSONB_V1 = b"\x01"
 _EMPTY_OBJECT = _JSONB_V1 + b"{}"
@@ -101,7 +102,7 @@ def _decode_json(data: bytes) -> Any:
     if data[0] != _JSONB_V1[0]:
         raise ValueError(f"unknown jsonb format version {data[0]}")
     # jsonb holds integers of any size (1e300 comes back as 1 and 300 zeros), which orjson
-    # would turn into floats: a run of 20 digits, in a number or not, takes the standard path.
+    # would turn into floats: a run of 19 digits, in a number or not, takes the standard path.
     # (Every digit read as a 9, a run is a substring search: several times a regex's speed.)
     if _LONG_DIGIT_RUN in data.translate(_DIGITS_AS_NINES):
         return json.loads(data[1:])

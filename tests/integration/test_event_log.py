@@ -170,6 +170,43 @@ async def test_the_database_refuses_changes_to_stored_events(
         assert await conn.fetchval("SELECT count(*) FROM events") == 1
 
 
+async def test_integers_of_any_size_read_back_exactly(pool: asyncpg.Pool[Any]) -> None:
+    """jsonb keeps integers of any size; reading them back must not turn one into a float
+    (the fast JSON decoder does, silently, past 64 bits and below -2**63)."""
+    integers = [
+        -9223372036854775809,  # one below -2**63: 19 digits
+        -9999999999999999999,
+        -(2**63),
+        2**63,
+        2**64 - 1,
+        2**64,
+        -(2**64),
+        10**30,
+        -(10**300),
+    ]
+    # One integer an event: a document is decoded one way or the other as a whole.
+    events = [
+        NewEvent(
+            stream_id=job_stream("integers"),
+            type=STATUS_REPORTED,
+            data={"job_id": "integers", "status": "running", "n": n},
+            metadata={"scheme": "test", "n": n},
+            received_at=datetime.now(UTC),
+        )
+        for n in integers
+    ]
+    appender = Appender(pool)
+    async with running(appender.run()):
+        await appender.append(events)
+    async with pool.acquire() as conn:
+        stored = await read_stream(conn, job_stream("integers"))
+    for document in ("data", "metadata"):
+        read = [getattr(event, document)["n"] for event in stored]
+        assert read == integers
+        assert all(type(n) is int for n in read)
+    assert check_chain(stored) == [True] * len(integers)
+
+
 async def test_hashes_survive_the_jsonb_round_trip(pool: asyncpg.Pool[Any]) -> None:
     """jsonb keeps values, not spelling: numbers and strings that PostgreSQL rewrites must
     still verify when read back."""
