@@ -1,18 +1,3 @@
--- name: lock_checkpoints --
--- Taken first in every projector batch and every rebuild: two projectors (or a projector and
--- a replay) never apply the same events, and each sees the other's committed checkpoint.
-SELECT name, position
-  FROM projection_checkpoints
- WHERE name = any($1::text[])
- ORDER BY name
-   FOR UPDATE
-
--- name: save_checkpoints --
-UPDATE projection_checkpoints c
-   SET position = v.position, updated_at = now()
-  FROM unnest($1::text[], $2::bigint[]) AS v(name, position)
- WHERE c.name = v.name
-
 -- name: try_lock_replay --
 SELECT pg_try_advisory_lock($1)
 

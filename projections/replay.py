@@ -10,7 +10,7 @@ Who holds what, and when:
    ``<name>_rebuild`` (``LIKE`` the live table, indexes included), stream the whole log in keyset
    pages and fold it in memory, COPY the states into the aside tables, then read on to the head
    once more and upsert the rows that changed meanwhile.
-3. One short transaction: lock the checkpoint rows (``lock_checkpoints``, FOR UPDATE: the
+3. One short transaction: lock the checkpoint rows (``checkpoint_sql``, FOR UPDATE: the
    projector's next batch waits), catch up from the aside build's position to the head, upsert
    what changed, drop each live table and rename its aside table (and indexes) into its place,
    and set the checkpoints to that position. Readers see the old tables until COMMIT and the new
@@ -38,7 +38,7 @@ from events.upcasters import UPCASTERS, Upcasters
 from projections.base import AnyProjection, quoted
 from projections.folding import Fold, Progress, States
 from projections.registry import PROJECTIONS
-from projections.sql import Q
+from projections.sql import Q, checkpoint_sql
 
 log = structlog.get_logger(component="replay")
 
@@ -153,18 +153,18 @@ async def _swap_in(
     attempts: int,
 ) -> None:
     """Step 3: the final catch-up and the swap, in one short transaction."""
-    names = [p.name for p in fold.projections]
+    lock, save = checkpoint_sql(tuple(p.name for p in fold.projections))
     for attempt in range(1, attempts + 1):
         try:
             async with conn.transaction():
                 await conn.execute(f"SET LOCAL lock_timeout = {int(timeout_s * 1000)}")
-                await conn.fetch(Q["lock_checkpoints"], names)
+                await conn.fetch(lock)
                 head = await head_position(conn)
                 await fold.run(conn, until=head, upcasters=upcasters, page=page)
                 await _flush(conn, fold)
                 for projection in fold.projections:
                     await _replace(conn, projection)
-                await conn.execute(Q["save_checkpoints"], names, [fold.position] * len(names))
+                await conn.execute(save, *[fold.position] * len(fold.projections))
         except asyncpg.LockNotAvailableError:
             # Rolled back: the states keep their dirty keys, so the next try writes them again.
             log.warning("replay.swap_waited_too_long", attempt=attempt)

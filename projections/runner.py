@@ -31,7 +31,7 @@ from events.upcasters import UPCASTERS, Upcasters
 from projections.base import AnyProjection, metadata_read_by
 from projections.cache import StateCache
 from projections.registry import PROJECTIONS
-from projections.sql import Q
+from projections.sql import checkpoint_sql
 
 log = structlog.get_logger(component="projector")
 
@@ -58,7 +58,8 @@ async def apply_batch(
     if cache is not None:
         cache.begin()
     names = [p.name for p in projections]
-    checkpoints = {r["name"]: r["position"] for r in await conn.fetch(Q["lock_checkpoints"], names)}
+    lock, save = checkpoint_sql(tuple(names))
+    checkpoints = {r["name"]: r["position"] for r in await conn.fetch(lock)}
     events = await read_all(
         conn,
         min(checkpoints.values()),
@@ -92,7 +93,7 @@ async def apply_batch(
             cache.stage(projection.name, checkpoint, position, states)
     if before_checkpoint is not None:
         await before_checkpoint(events)
-    await conn.execute(Q["save_checkpoints"], names, positions)
+    await conn.execute(save, *positions)
     return len(events), changed
 
 

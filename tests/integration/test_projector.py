@@ -224,6 +224,29 @@ async def test_a_running_jobs_heartbeats_update_its_rows_without_touching_an_ind
     assert [tuple(r) for r in updates] == [("job_heartbeat", 1, 1), ("job_status", 1, 1)]
 
 
+async def test_a_projector_batch_plans_its_checkpoint_statements_once(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    # Every batch locks and moves the checkpoints: planning them afresh each time cost
+    # PostgreSQL ~160 µs a batch. After its first five custom plans a statement whose plan
+    # does not depend on its parameters must run on the cached generic one.
+    start = datetime.now(UTC)
+    async with pool.acquire() as conn:
+        for i in range(10):
+            await workload_append(pool, [callback("vm-plan", "heartbeat", start + timedelta(i))])
+            async with conn.transaction():
+                assert (await apply_batch(conn, PROJECTIONS))[0] == 1
+        plans = await conn.fetch(
+            "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"
+            " WHERE statement LIKE '%projection_checkpoints%'"
+            " AND statement NOT LIKE '%pg_prepared_statements%'"
+        )
+    assert len(plans) == 2, plans
+    for statement in plans:
+        assert statement["generic_plans"] + statement["custom_plans"] == 10, statement
+        assert statement["custom_plans"] <= 5, statement
+
+
 async def test_rebuilt_tables_keep_their_index_names_and_fillfactor(
     pool: asyncpg.Pool[Any],
 ) -> None:
