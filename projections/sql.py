@@ -23,9 +23,9 @@ def checkpoint_sql(names: tuple[str, ...]) -> tuple[str, str]:
     The lock is taken first in every projector batch and every rebuild: two projectors (or a
     projector and a replay) never apply the same events, and each sees the other's committed
     checkpoint. The names are spelled in the text, and each position is a parameter of its own:
-    with arrays, PostgreSQL costed the generic plans for ten-element arrays, kept planning both
-    statements afresh for the two elements they got (70-90 µs each, in every batch), and a
-    projector batch of ~60 events paid it twice (bench/README.md, session 19)."""
+    with arrays, PostgreSQL costed the generic plans for ten elements and kept planning both
+    statements afresh for the two they got, 70-90 µs each in every projector batch
+    (bench/README.md, session 19)."""
     listed = ", ".join(_literal(name) for name in names)
     lock = (
         "SELECT name, position FROM projection_checkpoints"
