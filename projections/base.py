@@ -72,7 +72,7 @@ class Projection(Generic[S]):
     ``metadata_of``: the event types whose ``metadata`` ``key_of`` or ``apply`` read. The
     readers that feed the folds decode no other event's metadata (it arrives empty).
     ``often_changed``: the columns most events change (a heartbeat: when, and how many). The
-    projector writes a row whose other columns stay as they were with ``update_sql``, which
+    projector writes a row whose other columns stay as they were with ``update_into``, which
     sends the key and these columns only: a timestamp is the costliest value to encode.
     """
 
@@ -85,7 +85,8 @@ class Projection(Generic[S]):
     schema: tuple[tuple[str, str, bool], ...] = dataclasses.field(init=False)
     load_sql: str = dataclasses.field(init=False)
     upsert_sql: str = dataclasses.field(init=False)
-    update_sql: str = dataclasses.field(init=False)
+    # The key's and the often-changed columns' indexes in a state.
+    hot_columns: tuple[int, ...] = dataclasses.field(init=False)
     # The key and the often-changed columns of a state; and all its other columns.
     often_changed_of: Callable[[S], tuple[Any, ...]] = dataclasses.field(init=False)
     rest_of: Callable[[S], tuple[Any, ...]] = dataclasses.field(init=False)
@@ -110,35 +111,54 @@ class Projection(Generic[S]):
             raise ValueError(f"{self.name}: often_changed names no column: {sorted(unknown)}")
         hot = [0, *(fields.index(name) for name in self.often_changed)]
         rest = [i for i in range(len(fields)) if i not in hot]
+        set_(self, "hot_columns", tuple(hot))
         # itemgetter of one index returns the item, not a 1-tuple: a tuple of them always.
         set_(self, "often_changed_of", _tuple_getter(hot))
         set_(self, "rest_of", _tuple_getter(rest))
-        arrays = [f"${i}::{schema[c][1]}[]" for i, c in enumerate(hot, 1)]
-        aliases = [f"c{c}" for c in hot]
-        assignments = [f"{names[c]} = v.{a}" for c, a in zip(hot[1:], aliases[1:], strict=True)]
-        set_(
-            self,
-            "update_sql",
-            f"UPDATE {quoted(self.name)} t SET {', '.join(assignments)}"
-            f" FROM unnest({', '.join(arrays)}) AS v({', '.join(aliases)})"
-            f" WHERE t.{key} = v.{aliases[0]}"
-            if assignments
-            else "",
-        )
 
     def select_sql(self, table: str) -> str:
         """Every row of ``table`` (this read model's table, or a copy of it)."""
         return f"SELECT {', '.join(quoted(name) for name in self.columns)} FROM {quoted(table)}"
 
-    def upsert_into(self, table: str) -> str:
-        """Insert or update rows of ``table``; one array argument per column, in order."""
+    def upsert_into(self, table: str, *, first: int = 1, only_if: str = "") -> str:
+        """Insert or update rows of ``table``; one array argument per column, in order, the
+        first numbered ``first``. ``only_if``: a condition on which all of it depends."""
         names = [quoted(name) for name in self.columns]
-        arrays = [f"${i}::{pg_type}[]" for i, (_, pg_type, _) in enumerate(self.schema, 1)]
+        arrays = [f"${i}::{t}[]" for i, (_, t, _) in enumerate(self.schema, first)]
         updates = [f"{n} = excluded.{n}" for n in names[1:]]
         return (
             f"INSERT INTO {quoted(table)} ({', '.join(names)})"
             f" SELECT * FROM unnest({', '.join(arrays)})"
+            f"{f' WHERE {only_if}' if only_if else ''}"
             f" ON CONFLICT ({names[0]}) DO UPDATE SET {', '.join(updates)}"
+        )
+
+    def update_into(self, table: str, *, first: int = 1, only_if: str = "") -> str:
+        """Update the often-changed columns of existing rows of ``table``: one array argument
+        for the key and one for each of those columns (``often_changed_of``), the first
+        numbered ``first``; "" if there are none.
+
+        Each row is found by a primary-key probe, whatever size the table had when the plan
+        was made. A generic plan counts ten rows in an array argument, and on a table that
+        looked small when it was planned (a new database's first batches) it chose to hash
+        the batch and scan the whole table, which it went on doing after the table had grown:
+        for 5,000 jobs, ~0.5 ms a batch (bench/README.md, session 20). A LIMIT whose count is
+        not a constant makes the planner count a tenth of that, one row, and one probe is
+        cheaper than any scan; the count is the array's length, so no row is left out."""
+        if not self.often_changed:
+            return ""
+        names = [quoted(name) for name in self.columns]
+        types_ = [self.schema[c][1] for c in self.hot_columns]
+        arrays = [f"${i}::{t}[]" for i, t in enumerate(types_, first)]
+        aliases = [f"c{c}" for c in self.hot_columns]
+        assignments = [
+            f"{names[c]} = v.{a}" for c, a in zip(self.hot_columns[1:], aliases[1:], strict=True)
+        ]
+        return (
+            f"UPDATE {quoted(table)} t SET {', '.join(assignments)}"
+            f" FROM (SELECT * FROM unnest({', '.join(arrays)})"
+            f" LIMIT cardinality({arrays[0]})) AS v({', '.join(aliases)})"
+            f" WHERE t.{names[0]} = v.{aliases[0]}{f' AND {only_if}' if only_if else ''}"
         )
 
     @property

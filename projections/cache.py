@@ -4,13 +4,15 @@ the states it does not hold already.
 A cached state is the row the projector's own last committed batch left in the table, and it
 stays that only while nothing else writes the table. Whatever else does (another process's
 projector after a change of leader, a rebuild's swap) moves the projection's checkpoint in the
-same transaction as the rows, and each batch locks that checkpoint before it reads anything.
-So a batch first compares the checkpoint it locked with the position the cache was left at:
-the same, and the cached states are the table's rows; different, and they are dropped.
+same transaction as the rows, and a batch writes only if the checkpoint is still where it
+folded from (``projections.runner``). So a batch folds onto cached states only if its
+checkpoint is the position the cache was left at, and if the table has been written since,
+its write fails and the next try, from the checkpoint as it now is, finds it different and
+drops them.
 
-A batch's states join the cache only once its transaction has committed (``commit``). A batch
-that rolled back, or whose COMMIT failed either way, leaves the cache as it was: still right if
-the checkpoint did not move, and found out if it did.
+A batch's states join the cache only once its write has committed (``commit``). A batch that
+wrote nothing, or whose outcome is unknown, leaves the cache as it was: still right if the
+checkpoint did not move, and found out if it did.
 """
 
 from __future__ import annotations

@@ -11,12 +11,13 @@ Who holds what, and when:
    pages and fold it in memory, COPY the states into the aside tables, then read on to the head
    once more and upsert the rows that changed meanwhile.
 3. One short transaction: lock the checkpoint rows (``checkpoint_sql``, FOR UPDATE: the
-   projector's next batch waits), catch up from the aside build's position to the head, upsert
-   what changed, drop each live table and rename its aside table (and indexes) into its place,
-   and set the checkpoints to that position. Readers see the old tables until COMMIT and the new
-   ones after, never an empty or half-built one; the projector then resumes from the new
-   checkpoints. ``lock_timeout`` bounds the wait behind a long-running reader (DROP needs the
-   table to itself); on timeout the transaction is retried.
+   projector's next write waits, then finds them moved and folds again), catch up from the
+   aside build's position to the head, upsert what changed, drop each live table and rename
+   its aside table (and indexes) into its place, and set the checkpoints to that position.
+   Readers see the old tables until COMMIT and the new ones after, never an empty or
+   half-built one; the projector then resumes from the new checkpoints. ``lock_timeout``
+   bounds the wait behind a long-running reader (DROP needs the table to itself); on timeout
+   the transaction is retried.
 
 Interrupted anywhere before that COMMIT (Ctrl-C, crash, kill -9), a replay leaves the live tables
 and checkpoints as they were; the advisory lock dies with its session.

@@ -1,24 +1,29 @@
 """The projector: applies new events to the read models, exactly once.
 
-Each batch is one transaction that locks the checkpoint rows, reads the events after the lowest
-checkpoint in position order, folds them into the affected rows, writes those rows and moves the
-checkpoints — so a crash anywhere leaves either all of a batch applied or none of it. Reading
-"position > checkpoint" is complete because appends are serialised (see ``events.store``). The
-rows a batch folds come from the states the projector last wrote, where it still holds them
-and the checkpoint says nobody else has written since (``projections.cache``), else from the
-tables.
+A batch reads the events after the lowest checkpoint in position order, folds them into the
+affected rows, then writes those rows and moves the checkpoints in one statement, which first
+checks, under the checkpoint rows' lock, that each checkpoint is still where the batch folded
+from (a compare-and-set: ``projections.sql.batch_sql``). So a crash anywhere leaves either all
+of a batch applied or none of it, and when two projectors (or a projector and a rebuild) have
+folded the same events only one writes them: the other starts again from where the
+checkpoints now are. Reading "position > checkpoint" is complete because appends are
+serialised (see ``events.store``).
 
-The runner LISTENs for the appenders' NOTIFY only as a wake-up hint and always re-reads from the
+A projector remembers where its last batch left the checkpoints, and the states it wrote
+(``projections.cache``), so a batch is two round trips: the read and the write. Whatever it
+remembers that is no longer true (another process wrote since) fails the compare: it costs a
+batch folded again, never a wrong row.
+
+The runner LISTENs for the appenders' NOTIFY only as a wake-up hint and always reads from its
 checkpoint; it also polls, so a lost notification or a lost listening connection costs at most
-one poll interval.
-"""
+one poll interval."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import structlog
@@ -31,35 +36,65 @@ from events.upcasters import UPCASTERS, Upcasters
 from projections.base import AnyProjection, metadata_read_by
 from projections.cache import StateCache
 from projections.registry import PROJECTIONS
-from projections.sql import checkpoint_sql
+from projections.sql import BatchSql, batch_sql
 
 log = structlog.get_logger(component="projector")
 
-# Awaited inside the batch transaction after the rows are written and before the checkpoint
-# moves: tests use it to kill the projector at the worst moment.
-BeforeCheckpoint = Callable[[Sequence[FoldedEvent]], Awaitable[None]]
+# Awaited once a batch is folded, before its write: tests use it to stop a projector mid-batch.
+BeforeWrite = Callable[[Sequence[FoldedEvent]], Awaitable[None]]
+
+
+class Applied(NamedTuple):
+    """What one ``apply_batch`` did."""
+
+    events: int  # read and applied; 0 when there were none
+    changed: dict[str, set[str]]  # per projection, the keys whose rows changed
+    checkpoints: dict[str, int]  # where the batch left each checkpoint
 
 
 async def apply_batch(
     conn: Connection,
     projections: Sequence[AnyProjection],
     *,
+    checkpoints: Mapping[str, int] | None = None,
     batch_size: int = 1000,
-    before_checkpoint: BeforeCheckpoint | None = None,
+    before_write: BeforeWrite | None = None,
     upcasters: Upcasters = UPCASTERS,
     cache: StateCache | None = None,
-) -> tuple[int, dict[str, set[str]]]:
-    """Apply the next batch inside the caller's transaction.
+) -> Applied:
+    """Apply the next batch of events to ``projections``.
 
-    Returns the number of events read and, per projection, the keys whose rows changed. With
-    a ``cache``, states it holds are not read from the tables; once the transaction has
-    committed, the caller must call ``cache.commit()``.
+    ``checkpoints``: where this caller's last batch left them, if it knows; otherwise they are
+    read first. The batch writes only if they are still there, in one statement that commits
+    on its own (or with the caller's transaction); if they have moved it starts over from where
+    they are. With a ``cache``, states it holds are not read from the tables; once the write
+    has committed, the caller must call ``cache.commit()``.
     """
-    if cache is not None:
-        cache.begin()
-    names = [p.name for p in projections]
-    lock, save = checkpoint_sql(tuple(names))
-    checkpoints = {r["name"]: r["position"] for r in await conn.fetch(lock)}
+    sql = batch_sql(tuple(projections))
+    while True:
+        if cache is not None:
+            cache.begin()
+        if checkpoints is None:
+            checkpoints = {r[0]: r[1] for r in await conn.fetch(sql.read_checkpoints)}
+        written = await _try_batch(
+            conn, projections, sql, checkpoints, batch_size, before_write, upcasters, cache
+        )
+        if written is not None:
+            return written
+        checkpoints = None  # moved by another projector or a rebuild: read where they are
+
+
+async def _try_batch(
+    conn: Connection,
+    projections: Sequence[AnyProjection],
+    sql: BatchSql,
+    checkpoints: Mapping[str, int],
+    batch_size: int,
+    before_write: BeforeWrite | None,
+    upcasters: Upcasters,
+    cache: StateCache | None,
+) -> Applied | None:
+    """One batch folded from ``checkpoints``; None if they had moved when it came to write."""
     events = await read_all(
         conn,
         min(checkpoints.values()),
@@ -68,44 +103,48 @@ async def apply_batch(
         metadata_of=metadata_read_by(projections),
     )
     if not events:
-        return 0, {}
+        return Applied(0, {}, dict(checkpoints))
     # Checkpoints only move forward (one projection may have been rebuilt further ahead).
-    positions = [max(checkpoints[name], events[-1].position) for name in names]
+    moved = {p.name: max(checkpoints[p.name], events[-1].position) for p in projections}
     changed: dict[str, set[str]] = {}
-    for projection, position in zip(projections, positions, strict=True):
+    rows: list[list[Any]] = []
+    for projection in projections:
         checkpoint = checkpoints[projection.name]
         mine = [e for e in events if e.position > checkpoint]
         keys = {k for e in mine if (k := projection.key_of(e)) is not None}
         states: dict[str, Any] = {}
+        before: dict[str, Any] = {}
         if keys:
             cached = cache.states_at(projection.name, checkpoint) if cache is not None else {}
             states = {k: cached[k] for k in keys if k in cached}
             if len(states) < len(keys):
                 missing = [k for k in keys if k not in states]
-                rows = await conn.fetch(projection.load_sql, missing)
-                states.update((r[0], projection.from_row(r)) for r in rows)
+                loaded = await conn.fetch(projection.load_sql, missing)
+                states.update((r[0], projection.from_row(r)) for r in loaded)
             before = dict(states)  # the table's rows, for the keys that have one
             for event in mine:
                 projection.fold(states, event)
-            await _write(conn, projection, keys, before, states)
             changed[projection.name] = keys
+        rows.extend(_columns_to_write(projection, keys, before, states))
         if cache is not None:
-            cache.stage(projection.name, checkpoint, position, states)
-    if before_checkpoint is not None:
-        await before_checkpoint(events)
-    await conn.execute(save, *positions)
-    return len(events), changed
+            cache.stage(projection.name, checkpoint, moved[projection.name], states)
+    if before_write is not None:
+        await before_write(events)
+    expected = [checkpoints[p.name] for p in projections]
+    if not await conn.fetchval(sql.write, *expected, *moved.values(), *rows):
+        return None
+    return Applied(len(events), changed, moved)
 
 
-async def _write(
-    conn: Connection,
+def _columns_to_write(
     projection: AnyProjection,
     keys: Iterable[str],
     before: Mapping[str, Any],
     after: Mapping[str, Any],
-) -> None:
-    """Write the states of ``keys`` whose rows changed: whole (an upsert), or only the key and
-    the often-changed columns when none of the others did (``Projection.often_changed``)."""
+) -> list[list[Any]]:
+    """The column arrays that write the states of ``keys`` whose rows changed: whole (an
+    upsert), or only the key and the often-changed columns when none of the others did
+    (``Projection.often_changed``), in ``batch_sql``'s order."""
     whole, narrow = [], []
     rest_of = projection.rest_of if projection.often_changed else None
     for key in keys:
@@ -114,10 +153,14 @@ async def _write(
             whole.append(projection.to_row(state))
         elif old != state:
             narrow.append(projection.often_changed_of(state))
-    if whole:
-        await conn.execute(projection.upsert_sql, *map(list, zip(*whole, strict=True)))
-    if narrow:
-        await conn.execute(projection.update_sql, *map(list, zip(*narrow, strict=True)))
+    columns = _transposed(whole, len(projection.schema))
+    if projection.often_changed:
+        columns += _transposed(narrow, len(projection.hot_columns))
+    return columns
+
+
+def _transposed(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    return list(map(list, zip(*rows, strict=True))) if rows else [[] for _ in range(width)]
 
 
 class Projector:
@@ -130,7 +173,7 @@ class Projector:
         *,
         batch_size: int = 1000,
         poll_interval: float = 1.0,
-        before_checkpoint: BeforeCheckpoint | None = None,
+        before_write: BeforeWrite | None = None,
         on_commit: Callable[[int, dict[str, set[str]]], None] | None = None,
         upcasters: Upcasters = UPCASTERS,
     ) -> None:
@@ -138,13 +181,15 @@ class Projector:
         self._projections = tuple(projections)
         self._batch_size = batch_size
         self._poll_interval = poll_interval
-        self._before_checkpoint = before_checkpoint
+        self._before_write = before_write
         self._on_commit = on_commit
         self._upcasters = upcasters
         self._wakeup = asyncio.Event()
         self._cache = StateCache()
-        # run() and a caller's catch_up() may overlap; their batches would queue on the
-        # checkpoint lock anyway, and one at a time keeps the cache's staging their own.
+        # Where this projector's last batch left the checkpoints; None: read them first.
+        self._checkpoints: dict[str, int] | None = None
+        # run() and a caller's catch_up() may overlap: one batch at a time keeps the cache's
+        # staging and the checkpoints above their own (else each would undo the other's).
         self._one_batch_at_a_time = asyncio.Lock()
 
     async def catch_up(self) -> int:
@@ -152,21 +197,25 @@ class Projector:
         total = 0
         while True:
             async with self._one_batch_at_a_time:
-                async with connect(self._pool) as conn, conn.transaction():
-                    count, changed = await apply_batch(
+                checkpoints, self._checkpoints = self._checkpoints, None
+                # No transaction: the batch's reads need none, and its write is one statement.
+                async with connect(self._pool) as conn:
+                    applied = await apply_batch(
                         conn,
                         self._projections,
+                        checkpoints=checkpoints,
                         batch_size=self._batch_size,
-                        before_checkpoint=self._before_checkpoint,
+                        before_write=self._before_write,
                         upcasters=self._upcasters,
                         cache=self._cache,
                     )
+                self._checkpoints = applied.checkpoints
                 self._cache.commit()
-            if count == 0:
+            if applied.events == 0:
                 return total
-            total += count
+            total += applied.events
             if self._on_commit is not None:
-                self._on_commit(count, changed)
+                self._on_commit(applied.events, applied.changed)
 
     async def run(self) -> None:
         while True:

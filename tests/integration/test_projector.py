@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +20,7 @@ from events.models import FoldedEvent, NewEvent
 from projections.registry import PROJECTIONS
 from projections.replay import fold_log, rebuild
 from projections.runner import Projector, apply_batch
+from projections.sql import batch_sql
 from tests.helpers import running
 from tests.workload import append as workload_append
 from tests.workload import callback
@@ -109,7 +111,7 @@ class Crash(Exception):
     pass
 
 
-async def test_a_crash_between_rows_and_checkpoint_applies_nothing_twice(
+async def test_a_crash_mid_batch_applies_nothing_twice(
     pool: asyncpg.Pool[Any],
 ) -> None:
     await append_all(pool, mixed_workload(seed=1, count=120))
@@ -118,10 +120,10 @@ async def test_a_crash_between_rows_and_checkpoint_applies_nothing_twice(
     async def crash_once(_events: Sequence[FoldedEvent]) -> None:
         nonlocal crashes
         crashes += 1
-        if crashes == 2:  # the second batch: rows are written, the checkpoint is not
+        if crashes == 2:  # the second batch: folded, about to write its rows and checkpoints
             raise Crash
 
-    doomed = Projector(pool, batch_size=25, before_checkpoint=crash_once)
+    doomed = Projector(pool, batch_size=25, before_write=crash_once)
     with pytest.raises(Crash):
         await doomed.catch_up()
     # The first batch committed whole; of the second, neither rows nor checkpoint remain.
@@ -145,7 +147,7 @@ async def test_a_projector_cancelled_mid_batch_is_rolled_back_and_resumes(
         stuck.set()
         await asyncio.Event().wait()
 
-    task = asyncio.create_task(Projector(pool, batch_size=30, before_checkpoint=hang).run())
+    task = asyncio.create_task(Projector(pool, batch_size=30, before_write=hang).run())
     await asyncio.wait_for(stuck.wait(), 5)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -166,6 +168,32 @@ async def test_two_projectors_racing_apply_each_event_once(pool: asyncpg.Pool[An
     async with pool.acquire() as conn:
         stored = await conn.fetchval("SELECT count(*) FROM events")
     assert sum(r["event_count"] for r in rows["job_status"]) == stored
+
+
+async def test_a_batch_overtaken_while_it_folded_writes_nothing_and_starts_again(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    # A new leader's projector applies the same events while the old one is still folding
+    # them: the old one's write must find the checkpoints moved, not overwrite the rows with
+    # states folded from before and move the checkpoints back.
+    events = mixed_workload(seed=16, count=90)
+    await append_all(pool, events)
+    other = Projector(pool, batch_size=40)
+    overtaken = 0
+
+    async def overtake_once(_events: Sequence[FoldedEvent]) -> None:
+        nonlocal overtaken
+        if overtaken == 0:
+            overtaken += 1
+            assert await other.catch_up() == len(events)
+
+    await Projector(pool, batch_size=30, before_write=overtake_once).catch_up()
+    assert overtaken == 1
+    rows = await table_rows(pool)
+    assert rows == await folded_rows(pool)
+    assert sum(r["event_count"] for r in rows["job_status"]) == len(events)
+    marks = await checkpoints(pool)
+    assert marks["job_status"] == marks["job_heartbeat"] == marks["head"]
 
 
 @pytest.mark.parametrize("seed", [4, 5, 6])
@@ -245,6 +273,28 @@ async def test_a_projector_batch_plans_its_checkpoint_statements_once(
     for statement in plans:
         assert statement["generic_plans"] + statement["custom_plans"] == 10, statement
         assert statement["custom_plans"] <= 5, statement
+
+
+async def test_a_batch_writes_rows_by_key_probes_whatever_size_the_tables_were_planned_at(
+    pool: asyncpg.Pool[Any],
+) -> None:
+    # A new database's first batches plan the write while the tables are empty, and each
+    # connection keeps that generic plan once the tables have grown. A plan that hashed the
+    # batch and scanned the table went on scanning 5,000 jobs a batch (bench/README.md).
+    write = batch_sql(tuple(PROJECTIONS)).write
+    positions = 2 * len(PROJECTIONS)
+    arrays = max(int(n) for n in re.findall(r"\$(\d+)", write)) - positions
+    arguments = positions * ["0"] + arrays * ["'{}'"]
+    async with pool.acquire() as conn, conn.transaction():
+        assert await conn.fetchval("SELECT count(*) FROM job_status") == 0
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        await conn.execute(f"PREPARE write AS {write}")
+        lines = await conn.fetch(f"EXPLAIN EXECUTE write({', '.join(arguments)})")
+        await conn.execute("DEALLOCATE write")
+    plan = "\n".join(line[0] for line in lines)
+    for projection in PROJECTIONS:
+        assert f"Seq Scan on {projection.name}" not in plan, plan
+        assert f"Index Scan using {projection.name}_pkey" in plan, plan
 
 
 async def test_rebuilt_tables_keep_their_index_names_and_fillfactor(

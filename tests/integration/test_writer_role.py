@@ -125,9 +125,9 @@ async def test_the_writer_appends_projects_and_times_out(
             first = await append_batch(conn, [callback("vm-w", "running", "k-1")])
             again = await append_batch(conn, [callback("vm-w", "running", "k-1")])
         assert again[0].duplicate and again[0].position == first[0].position
-        async with pool.acquire() as conn, conn.transaction():
-            read, changed = await apply_batch(conn, PROJECTIONS)
-        assert read == 1 and changed == {"job_status": {"vm-w"}}
+        async with pool.acquire() as conn:
+            applied = await apply_batch(conn, PROJECTIONS)
+        assert applied.events == 1 and applied.changed == {"job_status": {"vm-w"}}
         later = datetime.now(UTC) + timedelta(hours=1)
         assert await time_out_silent_jobs(pool, timeout_s=60, now=later) == ["vm-w"]
 
@@ -138,9 +138,8 @@ async def test_the_writer_appends_projects_and_times_out(
             await rebuild(owner)
         async with pool.acquire() as conn, conn.transaction():
             await append_batch(conn, [callback("vm-w2", "queued", "k-2")])
-        async with pool.acquire() as conn, conn.transaction():
-            read, _ = await apply_batch(conn, PROJECTIONS)
-            assert read >= 1
+        async with pool.acquire() as conn:
+            assert (await apply_batch(conn, PROJECTIONS)).events >= 1
             status = await conn.fetchval("SELECT status FROM job_status WHERE job_id = 'vm-w2'")
         assert status == "queued"
 
