@@ -164,7 +164,10 @@ def _transposed(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
 
 
 class Projector:
-    """Runs ``apply_batch`` whenever new events may exist. Start ``run()`` as a task."""
+    """Runs ``apply_batch`` whenever new events may exist. Start ``run()`` as a task.
+
+    ``on_commit`` is called with what each batch that applied events did, once it committed.
+    """
 
     def __init__(
         self,
@@ -174,7 +177,7 @@ class Projector:
         batch_size: int = 1000,
         poll_interval: float = 1.0,
         before_write: BeforeWrite | None = None,
-        on_commit: Callable[[int, dict[str, set[str]]], None] | None = None,
+        on_commit: Callable[[Applied], None] | None = None,
         upcasters: Upcasters = UPCASTERS,
     ) -> None:
         self._pool = pool
@@ -215,7 +218,7 @@ class Projector:
                 return total
             total += applied.events
             if self._on_commit is not None:
-                self._on_commit(applied.events, applied.changed)
+                self._on_commit(applied)
 
     async def run(self) -> None:
         while True:

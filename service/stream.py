@@ -1,14 +1,14 @@
 """``GET /api/stream``: job changes as Server-Sent Events, from one shared reader per process.
 
 One ``Broadcaster`` per process reads the changes for every client. The projector's
-``on_commit`` wakes it after each committed batch (and it polls every second, for changes that
-another process's projector applied); each round it reads every job whose ``last_position`` is
-above the highest one it has sent, encodes each as one SSE message once, and offers that batch
-to every client. Reading by position rather than by the keys ``on_commit`` names is what keeps
-a round complete whichever process applied the events: the projector commits rows and
-checkpoint together, in position order, so a job that changes after a round gets a
-``last_position`` above all that round saw. Several changes of a job between two rounds are
-coalesced into one message.
+``on_commit`` wakes it after each committed batch while anyone is listening (and it polls every
+second, for changes that another process's projector applied); each round it reads every job
+whose ``last_position`` is above the highest one it has sent, encodes each as one SSE message
+once, and offers that batch to every client. Reading by position rather than by the keys
+``on_commit`` names is what keeps a round complete whichever process applied the events: the
+projector commits rows and checkpoint together, in position order, so a job that changes after
+a round gets a ``last_position`` above all that round saw. Several changes of a job between two
+rounds are coalesced into one message.
 
 Each client has a ``Subscription``: a buffer of encoded messages bounded in bytes. A client that
 does not read as fast as changes come fills it and is disconnected (its connection aborted, so
@@ -42,6 +42,7 @@ from aiohttp import web
 from events.errors import StorageUnavailable, cancelling
 from events.store import Connection, connect
 from projections import reads
+from projections.runner import Applied
 from service.errors import ApiError
 from service.jsonio import dumps
 from service.keys import broadcaster_key, pool_key
@@ -168,9 +169,15 @@ class Broadcaster:
         for subscription in list(self._subscriptions):
             subscription.close()
 
-    def on_commit(self, _count: int, changed: dict[str, set[str]]) -> None:
-        """The projector's callback: only a wake-up, the round reads by position."""
-        if changed:
+    def on_commit(self, applied: Applied) -> None:
+        """The projector's callback: only a wake-up, the round reads by position. With nobody
+        listening there is nothing to read: the high water moves to the checkpoint the batch
+        left, as a round would have moved it (without a round trip per batch)."""
+        if not self._subscriptions:
+            position = applied.checkpoints.get("job_status")
+            if self._high_water is not None and position is not None:
+                self._high_water = max(self._high_water, position)
+        elif applied.changed:
             self._wakeup.set()
 
     async def changed_after(self, conn: Connection, position: int) -> list[reads.Job]:

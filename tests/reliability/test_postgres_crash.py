@@ -5,6 +5,9 @@ waiting for the WAL flush (``events.store.init_connection``). Here the server's 
 ``synchronous_commit = off``, the setting that acknowledges commits still in PostgreSQL's WAL
 buffers: killing every server process loses those, so an acknowledgement sent before the
 flush would show as a missing event. (Without ``init_connection``'s guard the campaign fails.)
+
+The read models, too, must come out of the crashes as the fold of the log up to their
+checkpoints, and catch up with it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ from devdb import EmbeddedPostgres
 from events.store import register_codecs
 from tests.conftest import ServeProcessFactory
 from tests.helpers import free_port, wait_for_projection
-from tests.reliability.harness import Driver, campaign_seed, check_log, workload
+from tests.reliability.harness import (
+    Driver,
+    campaign_seed,
+    check_log,
+    check_projections,
+    workload,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -83,4 +92,5 @@ async def test_nothing_acknowledged_is_lost_when_postgres_is_killed(
         await wait_for_projection(pool, within_s=20)
         async with pool.acquire() as conn:
             await check_log(conn, driver.acks, seed)
+            await check_projections(conn, seed)
     assert await service.stop() == 0

@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from projections.runner import Projector
+from projections.runner import Applied, Projector
 from service.stream import Broadcaster
 
 
@@ -42,6 +42,7 @@ async def test_the_broadcaster_stops_when_cancelled_as_it_is_woken(
         await broadcaster.start(pool)
         task = asyncio.create_task(broadcaster.run(pool))
         await asyncio.sleep(0.1)
-        broadcaster.on_commit(1, {"job_status": {"vm-1"}})  # what a projector commit does
+        broadcaster.subscribe()  # with someone listening, a projector commit wakes a round
+        broadcaster.on_commit(Applied(1, {"job_status": {"vm-1"}}, {"job_status": 1}))
         task.cancel()
         await stops_at_once(task)
