@@ -16,7 +16,8 @@ batch folded again, never a wrong row.
 
 The runner LISTENs for the appenders' NOTIFY only as a wake-up hint and always reads from its
 checkpoint; it also polls, so a lost notification or a lost listening connection costs at most
-one poll interval."""
+one poll interval.
+"""
 
 from __future__ import annotations
 
